@@ -1,0 +1,73 @@
+"""Refusals raised by the member's request path (etcd 3.4 `etcdserver/errors.go`,
+`etcdserver/api/v3rpc/key.go` validation, `lease/lessor.go`).
+
+The wire form of each lives in `etcdd/api/rpctypes.py`.
+"""
+
+
+class ServerError(Exception):
+    """Base of every refusal the request path raises."""
+
+
+class EmptyKeyError(ServerError):
+    """A request named no key."""
+
+
+class KeyNotFoundError(ServerError):
+    """`ignore_value`/`ignore_lease` on a missing key, or an empty RequestOp."""
+
+
+class ValueProvidedError(ServerError):
+    """`ignore_value` together with a value."""
+
+
+class LeaseProvidedError(ServerError):
+    """`ignore_lease` together with a lease."""
+
+
+class TooManyOpsError(ServerError):
+    """A txn branch or compare list longer than `--max-txn-ops`."""
+
+
+class DuplicateKeyError(ServerError):
+    """A txn branch writes one key twice."""
+
+
+class RequestTooLargeError(ServerError):
+    """A request larger than `--max-request-bytes`."""
+
+
+class TooManyRequestsError(ServerError):
+    """Too many proposals are waiting to be applied."""
+
+
+class LeaseNotFoundError(ServerError):
+    """A request names a lease that does not exist."""
+
+
+class LeaseExistsError(ServerError):
+    """LeaseGrant of an ID already in use."""
+
+
+class LeaseTTLTooLargeError(ServerError):
+    """LeaseGrant with a TTL beyond the maximum."""
+
+
+class NoLeaderError(ServerError):
+    """The member knows no leader."""
+
+
+class NotLeaderError(ServerError):
+    """A leader-only request reached a follower."""
+
+
+class StoppedError(ServerError):
+    """The member is shutting down."""
+
+
+class RequestTimeoutError(ServerError):
+    """A proposal was not applied in time."""
+
+
+class NotCapableError(ServerError):
+    """The cluster version is not decided yet."""

@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="etcdd",
+    version="0.1.0",
+    description="etcd v3 compatible key-value store on Twisted",
+    packages=find_packages(include=["etcdd", "etcdd.*", "ops", "ops.*"]) + ["twisted.plugins"],
+    package_data={"etcdd.proto": ["*.proto"]},
+    python_requires=">=3.11",
+    install_requires=[
+        "twisted[http2,tls]>=24.3",
+        "h2>=4.1",
+        "protobuf>=7.35.1,<8",
+        "zope.interface>=6",
+        "lmdb>=1.4",
+        "service-identity>=24.1",
+        "crc32c>=2.4",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "grpcio==1.85.1",
+            "grpcio-tools==1.85.1",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "etcdd = etcdd.tap:main",
+            "etcdd-ops = ops.cli:main",
+        ],
+    },
+)
