@@ -1,0 +1,4 @@
+"""`python -m etcdd ...`: the same as the `etcdd` console script."""
+from etcdd.tap import main
+
+main()
