@@ -1,0 +1,84 @@
+"""The v3 KV service: Range, Put, DeleteRange, Txn, Compact.
+
+Shell-free glue: decodes nothing itself (the transport parses), validates as etcd 3.4
+`etcdserver/api/v3rpc/key.go` does, calls the member, fills the response header as
+`v3rpc/header.go` does.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from etcdd.api.router import CallContext, Router
+from etcdd.proto import rpc_pb2 as pb
+from etcdd.server import validate
+
+
+class HeaderFiller:
+    """etcd's v3rpc header.go: cluster_id, member_id, raft_term always; revision only
+    when the applier left it 0."""
+
+    def __init__(self, member: Any, store: Any) -> None:
+        self._member = member
+        self._store = store
+        self._cluster_id = member.identity.cluster_id
+        self._member_id = member.identity.member_id
+
+    def fill(self, resp: Any) -> Any:
+        header = resp.header
+        header.cluster_id = self._cluster_id
+        header.member_id = self._member_id
+        header.raft_term = self._member.term
+        if header.revision == 0:
+            header.revision = self._store.current_revision()
+        return resp
+
+    def fill_without_revision(self, resp: Any) -> Any:
+        header = resp.header
+        header.cluster_id = self._cluster_id
+        header.member_id = self._member_id
+        header.raft_term = self._member.term
+        return resp
+
+
+def _is_read_only(req: Any) -> bool:
+    return all(op.WhichOneof("request") == "request_range"
+               for op in (*req.success, *req.failure))
+
+
+class KVService:
+    """Handlers for /etcdserverpb.KV/*."""
+
+    def __init__(self, member: Any, header: HeaderFiller, max_txn_ops: int) -> None:
+        self._member = member
+        self._fill = header.fill
+        self._max_txn_ops = max_txn_ops
+
+    def register(self, router: Router) -> None:
+        router.add_unary("/etcdserverpb.KV/Range", pb.RangeRequest, self.range)
+        router.add_unary("/etcdserverpb.KV/Put", pb.PutRequest, self.put)
+        router.add_unary("/etcdserverpb.KV/DeleteRange", pb.DeleteRangeRequest,
+                         self.delete_range)
+        router.add_unary("/etcdserverpb.KV/Txn", pb.TxnRequest, self.txn)
+        router.add_unary("/etcdserverpb.KV/Compact", pb.CompactionRequest, self.compact)
+
+    def range(self, req: Any, context: CallContext) -> Any:
+        validate.check_range(req)
+        return self._fill(self._member.range(req))
+
+    def put(self, req: Any, context: CallContext) -> Any:
+        validate.check_put(req)
+        return self._member.propose("put", req).addCallback(self._fill)
+
+    def delete_range(self, req: Any, context: CallContext) -> Any:
+        validate.check_delete(req)
+        return self._member.propose("delete_range", req).addCallback(self._fill)
+
+    def txn(self, req: Any, context: CallContext) -> Any:
+        validate.check_txn(req, self._max_txn_ops)
+        validate.check_txn_intervals(req)
+        if _is_read_only(req):
+            return self._fill(self._member.read_txn(req))
+        return self._member.propose("txn", req).addCallback(self._fill)
+
+    def compact(self, req: Any, context: CallContext) -> Any:
+        return self._member.compact(req).addCallback(self._fill)

@@ -1,0 +1,70 @@
+"""The v3 Maintenance and Cluster services (the parts a single member answers), and
+grpc.health.v1.
+
+Matches etcd 3.4 `etcdserver/api/v3rpc/maintenance.go` and `member.go`: Status, Hash,
+HashKV, Alarm (no alarms until quotas land, issue 5), MemberList.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from etcdd.api.kv import HeaderFiller
+from etcdd.api.router import CallContext, Router
+from etcdd.proto import health_pb2, rpc_pb2 as pb
+from etcdd.version import ETCD_SERVER_VERSION
+
+
+class MaintenanceService:
+    def __init__(self, member: Any, store: Any, backend: Any, header: HeaderFiller,
+                 members: Any) -> None:
+        self._member = member
+        self._store = store
+        self._backend = backend
+        self._header = header
+        self._members = members
+
+    def register(self, router: Router) -> None:
+        add = router.add_unary
+        add("/etcdserverpb.Maintenance/Status", pb.StatusRequest, self.status)
+        add("/etcdserverpb.Maintenance/Hash", pb.HashRequest, self.hash)
+        add("/etcdserverpb.Maintenance/HashKV", pb.HashKVRequest, self.hash_kv)
+        add("/etcdserverpb.Maintenance/Alarm", pb.AlarmRequest, self.alarm)
+        add("/etcdserverpb.Cluster/MemberList", pb.MemberListRequest, self.member_list)
+        add("/grpc.health.v1.Health/Check", health_pb2.HealthCheckRequest, self.health_check)
+
+    def status(self, req: Any, context: CallContext) -> Any:
+        m = self._member
+        resp = pb.StatusResponse(
+            version=ETCD_SERVER_VERSION,
+            dbSize=self._backend.size_bytes(),
+            leader=m.identity.member_id,
+            raftIndex=m.committed_index,
+            raftTerm=m.term,
+            raftAppliedIndex=m.applied_index,
+            dbSizeInUse=self._backend.size_in_use_bytes(),
+            isLearner=False,
+        )
+        return self._header.fill(resp)
+
+    def hash(self, req: Any, context: CallContext) -> Any:
+        return self._header.fill(pb.HashResponse(hash=self._store.hash()))
+
+    def hash_kv(self, req: Any, context: CallContext) -> Any:
+        hash_, compact_rev, rev = self._store.hash_kv(req.revision)
+        resp = pb.HashKVResponse(hash=hash_, compact_revision=compact_rev)
+        resp.header.revision = rev
+        return self._header.fill(resp)
+
+    def alarm(self, req: Any, context: CallContext) -> Any:
+        # TODO(etcdd): NOSPACE/CORRUPT alarms with the quota (issue 5).
+        return self._header.fill(pb.AlarmResponse())
+
+    def member_list(self, req: Any, context: CallContext) -> Any:
+        resp = pb.MemberListResponse()
+        for member in self._members:
+            resp.members.add(ID=member.id, name=member.name, peerURLs=list(member.peer_urls),
+                             clientURLs=list(member.client_urls), isLearner=member.is_learner)
+        return self._header.fill_without_revision(resp)
+
+    def health_check(self, req: Any, context: CallContext) -> Any:
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
