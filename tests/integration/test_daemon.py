@@ -18,6 +18,8 @@ def tree_digest(path: str) -> str:
     for root, dirs, files in sorted(os.walk(path)):
         dirs.sort()
         for name in sorted(files):
+            if name.endswith("-lock"):
+                continue   # NB: LMDB's lock file holds the reader table, not data
             full = os.path.join(root, name)
             h.update(full.encode())
             with open(full, "rb") as f:
@@ -27,7 +29,8 @@ def tree_digest(path: str) -> str:
 
 class TwistdMember(Member):
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "twisted", "-n", "--pidfile=", "etcdd",
+        twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+        return [*twistd, "-n", "--pidfile=", "etcdd",
                 *super().argv()[3:]]
 
 
@@ -51,7 +54,10 @@ class DaemonTests(unittest.TestCase):
         self.addCleanup(member.cleanup)
         self.assertEqual(etcdctl(member.endpoint, "put", "a", "1").stdout, "OK\n")
         self.assertEqual(etcdctl(member.endpoint, "get", "a").stdout, "a\n1\n")
-        self.assertEqual(member.kill(signal.SIGTERM), 0, member.log())
+        # NB: twistd re-raises the stopping signal at exit, so its status is -SIGTERM
+        # (systemd counts SIGTERM as a clean stop).
+        self.assertIn(member.kill(signal.SIGTERM), (0, -signal.SIGTERM), member.log())
+        self.assertIn("Server Shut Down.", member.log())
 
     def test_data_dir_of_another_member_is_refused_untouched(self) -> None:
         """A data dir written by another member (other name/token) is refused, unchanged."""
