@@ -1,0 +1,98 @@
+"""The LMDB environment behind a member: `member/snap/db`.
+
+Shell. One environment, opened with `subdir=False`: `<path>` is the data file itself
+(as etcd's bbolt `member/snap/db` is one file) and LMDB keeps its reader table in
+`<path>-lock`. Named databases (etcd 3.4 `mvcc/backend` buckets, plus our `index`):
+
+    key        revision key (17/18 bytes, `mvcc/revision.py`) -> marshaled mvccpb.KeyValue
+    index      user key -> every revision on disk, dupsort, newest first (`mvcc/keyindex.py`)
+    live       user key -> revision key of its current record; deleted keys absent
+    meta       consistent_index, term (8-byte big-endian), currentRev (8-byte big-endian),
+               scheduledCompactRev, finishedCompactRev (17-byte revision keys, as etcd)
+    lease, auth, authUsers, authRoles, members, members_removed, cluster, alarm
+               (created empty for the rooms that fill them)
+
+Durability: `sync=True, metasync=True`, so a write transaction's commit has reached the
+disk (fdatasync) when it returns. Writes come from one thread only (the disk thread);
+reads run on any thread in their own read transactions (`lock=True`; py-lmdb opens with
+MDB_NOTLS, so a thread may hold read transactions beside its write transaction). LMDB
+readers never wait for the writer. `map_size` is only address space: the file grows
+with the data. A write that would pass it fails with `lmdb.MapFullError`; keep the quota
+(`--quota-backend-bytes`) well below it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lmdb
+
+DEFAULT_MAP_SIZE = 8 << 30
+DB_NAMES: tuple[bytes, ...] = (
+    b"alarm", b"auth", b"authRoles", b"authUsers", b"cluster", b"index", b"key", b"lease",
+    b"live", b"members", b"members_removed", b"meta",
+)
+_DUPSORT = frozenset({b"index"})
+# LMDB's fixed page overhead: the two meta pages.
+_META_PAGES = 2
+
+
+class Backend:
+    """An open LMDB environment and its named databases (`dbs[name]`).
+
+    Invariant: every name in `DB_NAMES` exists once the constructor returns."""
+
+    def __init__(self, path: str, map_size: int = DEFAULT_MAP_SIZE,
+                 max_readers: int = 256) -> None:
+        self.path = path
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        created = not os.path.exists(path)
+        self.env = lmdb.open(path, subdir=False, map_size=map_size, max_dbs=32,
+                             max_readers=max_readers, sync=True, metasync=True, lock=True,
+                             readahead=False)
+        self.env.reader_check()   # free reader slots a crashed process left behind
+        if self.env.max_key_size() < 511:
+            raise RuntimeError(f"LMDB max key size {self.env.max_key_size()} < 511")
+        with self.env.begin(write=True) as txn:
+            self.dbs: dict[bytes, Any] = {
+                name: self.env.open_db(name, txn=txn, dupsort=name in _DUPSORT)
+                for name in DB_NAMES}
+        if created:
+            # The new file's directory entry must survive a crash too (STYLE.md §6).
+            fd = os.open(parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._closed = False
+
+    def begin_read(self) -> Any:
+        """A read transaction over the committed state (use it on one thread, then abort)."""
+        return self.env.begin(write=False)
+
+    def begin_write(self) -> Any:
+        """The write transaction (disk thread only; one at a time)."""
+        return self.env.begin(write=True)
+
+    def size_bytes(self) -> int:
+        """The data file's size, as etcd's `dbSize` reports bbolt's file size."""
+        return os.stat(self.path).st_size
+
+    def size_in_use_bytes(self) -> int:
+        """Bytes of pages holding data (file size minus free pages), etcd's `dbSizeInUse`."""
+        with self.env.begin() as txn:
+            pages = _META_PAGES + _pages(self.env.stat())
+            for db in self.dbs.values():
+                pages += _pages(txn.stat(db))
+        return pages * self.env.stat()["psize"]
+
+    def close(self) -> None:
+        """Close the environment; safe to call twice. No transaction may be open."""
+        if not self._closed:
+            self._closed = True
+            self.env.close()
+
+
+def _pages(stat: dict[str, int]) -> int:
+    return stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
