@@ -23,7 +23,7 @@ from etcdd.api.kv import HeaderFiller, KVService
 from etcdd.api.maintenance import MaintenanceService
 from etcdd.api.mux import ClientPortFactory
 from etcdd.api.router import Router
-from etcdd.config import Config
+from etcdd.config import Config, ConfigError
 from etcdd.mvcc.backend import Backend
 from etcdd.mvcc.store import KVStore
 from etcdd.server import membership
@@ -80,11 +80,17 @@ class MemberService(MultiService):
 
     def _start(self) -> None:
         c = self.config
+        is_new = not (os.path.isdir(c.member_dir) and os.listdir(c.member_dir))
+        if is_new:
+            try:
+                c.verify_bootstrap()
+            except ConfigError as e:
+                raise StartupError(str(e)) from None
         members = membership.initial_members(c)
-        me = next(m for m in members if m.name == c.name)
         cluster_id = membership.cluster_id([m.id for m in members])
+        own_id = membership.member_id(c.initial_advertise_peer_urls, c.initial_cluster_token)
         snap_dir = c.snap_path
-        identity = load_or_create_identity(c.member_dir, name=c.name, member_id=me.id,
+        identity = load_or_create_identity(c.member_dir, name=c.name, member_id=own_id,
                                            cluster_id=cluster_id, token=c.initial_cluster_token)
         try:
             os.makedirs(snap_dir, mode=0o700, exist_ok=True)
@@ -99,7 +105,8 @@ class MemberService(MultiService):
                              self._reactor, max_request_bytes=c.max_request_bytes,
                              on_fatal=self._fatal)
         self.member.start_synchronously()
-        self._members = [membership.Member(identity.member_id, c.name, me.peer_urls,
+        self._members = [membership.Member(identity.member_id, c.name,
+                                           tuple(c.initial_advertise_peer_urls),
                                            tuple(c.advertise_client_urls), False)]
         self._listen()
         self._log.info("published {{Name:{name} ClientURLs:[{urls}]}} to cluster {cid:x}",
