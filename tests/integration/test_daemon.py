@@ -87,3 +87,23 @@ class DaemonTests(unittest.TestCase):
         self.assertNotEqual(member.proc.wait(timeout=30), 0)
         self.assertIn("cannot open", member.log())
         self.assertEqual(tree_digest(member.data_dir), digest)
+
+
+class NotifyTests(unittest.TestCase):
+
+    def test_sd_notify_ready(self) -> None:
+        """Under systemd (NOTIFY_SOCKET set) the member sends READY=1 once it serves."""
+        import socket
+        import tempfile
+        path = os.path.join(tempfile.mkdtemp(prefix="etcdd-notify-"), "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.settimeout(30)
+        self.addCleanup(sock.close)
+        os.environ["NOTIFY_SOCKET"] = path
+        try:
+            member = Member(name="notify").start()
+        finally:
+            del os.environ["NOTIFY_SOCKET"]
+        self.addCleanup(member.cleanup)
+        self.assertEqual(sock.recv(1024), b"READY=1")
