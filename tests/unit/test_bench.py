@@ -1,0 +1,208 @@
+"""The pure parts of ops/bench.py and ops/cli.py: percentiles, /proc parsing, worker plans,
+argument parsing and the table. No network, no processes."""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from ops import cli
+from ops.bench import (ProcStat, TcpSocket, WorkerPlan, add_ratios, format_table, make_key,
+                       parse_args, parse_endpoint, parse_proc_net_tcp_line, parse_proc_stat,
+                       percentile, plan_workers, summarize)
+
+# /proc/PID/stat of etcd, with a comm that holds a space and a ')' to trip naive splitting.
+STAT = ("13703 (etcd (x) y) S 1 13703 1 0 -1 1077936384 33915 0 3 0 1871 402 0 0 20 0 13 0 "
+        "675000 11888418816 22000 18446744073709551615 4194304 20051237 140722584094080 0 0 0 0 "
+        "0 2143420159 0 0 0 17 1 0 0 0 0 0")
+TCP_HEADER = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+              "timeout inode")
+TCP_LISTEN = ("   0: 0100007F:5CF9 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0"
+              "        0 46212 1 000000008bed39d2 100 0 0 10 0")
+TCP6_ESTABLISHED = ("   3: 00000000000000000000000001000000:0953 0000000000000000000000000100"
+                    "0000:D3A2 01 00000000:00000000 00:00000000 00000000     0        0 777 1 "
+                    "0000000000000000 20 4 30 10 -1")
+TCP6_MAPPED = ("   4: 0000000000000000FFFF00000100007F:0953 00000000000000000000000000000000:0000"
+               " 0A 00000000:00000000 00:00000000 00000000     0        0 888 1 0 100 0 0 10 0")
+
+
+class PercentileTests(SynchronousTestCase):
+
+    def test_interpolates_between_ranks(self) -> None:
+        """The median of an even count is the mean of the middle two; ends are min and max."""
+        values = [1.0, 2.0, 3.0, 4.0]
+        self.assertEqual(percentile(values, 50), 2.5)
+        self.assertEqual(percentile(values, 0), 1.0)
+        self.assertEqual(percentile(values, 100), 4.0)
+
+    def test_p99_of_a_hundred_and_one(self) -> None:
+        """With values 0..100 the p-th percentile is exactly p."""
+        values = [float(v) for v in range(101)]
+        self.assertEqual(percentile(values, 99), 99.0)
+        self.assertEqual(percentile(values, 50), 50.0)
+
+    def test_single_and_empty(self) -> None:
+        """One value is every percentile; no values give nan rather than an error."""
+        self.assertEqual(percentile([7.0], 99), 7.0)
+        self.assertTrue(math.isnan(percentile([], 50)))
+
+
+class ProcStatTests(SynchronousTestCase):
+
+    def test_parses_pid_ppid_and_cpu_ticks(self) -> None:
+        """utime (field 14) plus stime (field 15) are counted after the last ')' of comm."""
+        self.assertEqual(parse_proc_stat(STAT), ProcStat(pid=13703, ppid=1, cpu_ticks=1871 + 402))
+
+    def test_refuses_other_text(self) -> None:
+        """A line without a parenthesised comm is not a stat line."""
+        self.assertRaises(ValueError, parse_proc_stat, "not a stat line")
+
+
+class ProcNetTcpTests(SynchronousTestCase):
+
+    def test_ipv4_listen_row(self) -> None:
+        """Little-endian hex address and hex port decode to 127.0.0.1:23801, LISTEN."""
+        self.assertEqual(parse_proc_net_tcp_line(TCP_LISTEN),
+                         TcpSocket("127.0.0.1", 23801, "0A", 46212))
+
+    def test_ipv6_rows(self) -> None:
+        """IPv6 addresses are four little-endian words; a v4-mapped one reads as IPv4."""
+        self.assertEqual(parse_proc_net_tcp_line(TCP6_ESTABLISHED),
+                         TcpSocket("::1", 2387, "01", 777))
+        self.assertEqual(parse_proc_net_tcp_line(TCP6_MAPPED),
+                         TcpSocket("127.0.0.1", 2387, "0A", 888))
+
+    def test_header_and_blank_lines_are_skipped(self) -> None:
+        """The column header and an empty line give None."""
+        self.assertIsNone(parse_proc_net_tcp_line(TCP_HEADER))
+        self.assertIsNone(parse_proc_net_tcp_line(""))
+
+
+class EndpointAndKeyTests(SynchronousTestCase):
+
+    def test_endpoint_forms(self) -> None:
+        """URLs, bare host:port and bracketed IPv6 all give (host, port)."""
+        self.assertEqual(parse_endpoint("http://127.0.0.1:2379"), ("127.0.0.1", 2379))
+        self.assertEqual(parse_endpoint("127.0.0.1:2379"), ("127.0.0.1", 2379))
+        self.assertEqual(parse_endpoint("[::1]:2379/"), ("::1", 2379))
+        self.assertRaises(ValueError, parse_endpoint, "localhost")
+
+    def test_keys_have_the_key_size(self) -> None:
+        """Keys are zero-padded to key_size; one that cannot fit is refused."""
+        self.assertEqual(make_key(42, 8), b"00000042")
+        self.assertRaises(ValueError, make_key, 123456789, 8)
+
+
+def _plans(**kw: object) -> list[WorkerPlan]:
+    common = dict(op="put", key_space=10, key_size=8, val_size=1, total=None, seed=1)
+    common.update(kw.pop("common", {}))
+    return plan_workers(**kw, **common)
+
+
+class PlanWorkersTests(SynchronousTestCase):
+
+    def test_clients_spread_over_channels_and_processes(self) -> None:
+        """5 clients on 2 channels over 2 processes: 3 loops on one, 2 on the other."""
+        plans = _plans(endpoints=["a:1"], clients=5, conns=2, procs=2)
+        self.assertEqual([(p.targets, p.clients) for p in plans],
+                         [(("a:1",), (3,)), (("a:1",), (2,))])
+
+    def test_channels_round_robin_over_endpoints(self) -> None:
+        """Channel j goes to endpoint j % len(endpoints); one process holds every channel."""
+        plans = _plans(endpoints=["a:1", "b:2"], clients=4, conns=4, procs=1)
+        self.assertEqual(plans[0].targets, ("a:1", "b:2", "a:1", "b:2"))
+        self.assertEqual(plans[0].clients, (1, 1, 1, 1))
+
+    def test_never_more_channels_than_clients_or_processes_than_channels(self) -> None:
+        """One client gets one channel in one process, however many were asked for."""
+        plans = _plans(endpoints=["a:1"], clients=1, conns=16, procs=4)
+        self.assertEqual([(p.targets, p.clients) for p in plans], [(("a:1",), (1,))])
+
+    def test_total_is_split_by_clients_and_sums_exactly(self) -> None:
+        """1000 requests over 3 processes of 2, 2 and 1 clients: 400, 400, 200."""
+        plans = _plans(endpoints=["a:1"], clients=5, conns=3, procs=3, common={"total": 1000})
+        self.assertEqual([p.total for p in plans], [400, 400, 200])
+        self.assertEqual(len({p.seed for p in plans}), 3)
+
+
+class ParseArgsTests(SynchronousTestCase):
+
+    def test_single_run_defaults(self) -> None:
+        """No flags: put with 16 clients for 5 s after 1 s warmup, on 127.0.0.1:2379."""
+        a = parse_args([])
+        self.assertEqual((a.command, a.op, a.clients, a.duration, a.warmup, a.total),
+                         ("bench", ["put"], [16], 5.0, 1.0, None))
+        self.assertEqual((a.endpoints, a.key_space, a.key_size, a.val_size, a.conns, a.procs),
+                         ("127.0.0.1:2379", 100000, 8, 256, None, 2))
+
+    def test_compare_defaults_to_the_matrix(self) -> None:
+        """--compare runs put and range at 1, 16 and 64 clients, 3 s a cell."""
+        a = parse_args(["--compare"])
+        self.assertEqual((a.op, a.clients, a.duration), (["put", "range"], [1, 16, 64], 3.0))
+
+    def test_lists_and_total(self) -> None:
+        """--op and --clients take comma lists; --total replaces the default duration."""
+        a = parse_args(["--op", "range,range-l", "--clients", "1,64", "--total", "500",
+                        "--server-pid", "7,9", "-w", "json"])
+        self.assertEqual((a.op, a.clients, a.total, a.duration, a.server_pid, a.write_out),
+                         (["range", "range-l"], [1, 64], 500, None, [7, 9], "json"))
+
+    def test_check_perf_subcommand(self) -> None:
+        """'check-perf' first selects etcdctl check perf with its --load."""
+        a = parse_args(["check-perf", "--load", "m", "--endpoints", "127.0.0.1:1"])
+        self.assertEqual((a.command, a.load, a.endpoints), ("check-perf", "m", "127.0.0.1:1"))
+
+    def test_bad_arguments_exit_2(self) -> None:
+        """Unknown ops, --total with --duration, and a too small key size are usage errors."""
+        for argv in (["--op", "delete"], ["--total", "1", "--duration", "1"],
+                     ["--key-size", "3"], ["--clients", "0"]):
+            with contextlib.redirect_stderr(io.StringIO()):
+                error = self.assertRaises(SystemExit, parse_args, argv)
+            self.assertEqual(error.code, 2, argv)
+
+
+class ReportTests(SynchronousTestCase):
+
+    def test_summarize_merges_workers(self) -> None:
+        """Latencies of every worker are pooled; rate is count over the measured seconds."""
+        import array
+        results = [{"latencies": array.array("d", [0.001, 0.003]).tobytes(),
+                    "errors": {"UNAVAILABLE": 1}, "last_end": 12.0, "client_cpu_seconds": 0.5},
+                   {"latencies": array.array("d", [0.002]).tobytes(),
+                    "errors": {"UNAVAILABLE": 2}, "last_end": 11.0, "client_cpu_seconds": 0.25}]
+        s = summarize(results, duration=None, measure_at=10.0)
+        self.assertEqual((s["requests"], s["seconds"], s["requests_per_second"]), (3, 2.0, 1.5))
+        self.assertAlmostEqual(s["p50_ms"], 2.0)
+        self.assertEqual((s["errors"], s["client_cpu_seconds"]), ({"UNAVAILABLE": 3}, 0.75))
+
+    def test_ratio_is_etcdd_over_etcd_per_server_cpu_second(self) -> None:
+        """Each etcdd cell gets its requests per server CPU-second over etcd's same cell."""
+        cells = [{"op": "put", "clients": 1, "server": server,
+                  "requests_per_server_cpu_second": rate}
+                 for server, rate in (("etcd", 4000.0), ("etcdd", 1000.0))]
+        add_ratios(cells)
+        self.assertNotIn("ratio", cells[0])
+        self.assertEqual(cells[1]["ratio"], 0.25)
+        table = format_table(cells).splitlines()
+        self.assertEqual(table[0].split()[-1], "etcdd/etcd")
+        self.assertEqual(table[2].split()[-1], "0.25")
+        self.assertEqual(table[1].split()[-1], "-")
+
+
+class CliTests(SynchronousTestCase):
+
+    def test_unknown_and_missing_commands_exit_2(self) -> None:
+        """etcdd-ops with no command or an unknown one prints usage and returns 2."""
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertEqual(cli.main([]), 2)
+            self.assertEqual(cli.main(["nope"]), 2)
+        self.assertIn("bench", err.getvalue())
+
+    def test_bench_is_dispatched_to_ops_bench(self) -> None:
+        """'etcdd-ops bench --help' is ops.bench's own help."""
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            error = self.assertRaises(SystemExit, cli.main, ["bench", "--help"])
+        self.assertEqual(error.code, 0)
+        self.assertIn("--key-space", out.getvalue())
