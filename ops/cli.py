@@ -12,6 +12,7 @@ from collections.abc import Sequence
 # name -> (module with main(argv) -> int, one line of help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("ops.bench", "benchmark etcd v3 KV over gRPC (etcdd or etcd)"),
+    "restart-bench": ("ops.restart_bench", "time to first answer after a restart with N keys"),
 }
 
 
