@@ -89,6 +89,8 @@ SCENARIO: list[list[str]] = [
     ["endpoint", "status", "-w", "json"],
     ["endpoint", "hashkv", "-w", "json"],
     ["endpoint", "hashkv", "--rev", "9", "-w", "json"],
+    ["endpoint", "health"],
+    ["endpoint", "health", "-w", "json"],
     ["member", "list", "-w", "json"],
     ["member", "list"],
 ]
@@ -96,6 +98,7 @@ SCENARIO: list[list[str]] = [
 STDIN = {SCENARIO.index(["txn", "-w", "json"]): TXN_SUCCESS, SCENARIO.index(["txn"]): TXN_FAILURE}
 MASKS = [(re.compile(r'"dbSize(InUse)?":\d+'), r'"dbSize\1":N'),
          (re.compile(r"took = [^\s,]+"), "took = T"),
+         (re.compile(r'"took":"[^"]*"'), '"took":T'),
          # etcdctl's own retry warning carries a timestamp and a random client target
          (re.compile(r'"ts":"[^"]*"'), '"ts":T'), (re.compile(r'"target":"[^"]*"'), '"target":T')]
 
