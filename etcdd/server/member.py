@@ -175,6 +175,9 @@ class Member:
         for _, _, d in self._pending:
             d.errback(Failure(StoppedError()))
         self._pending = []
+        waiters, self._compaction_waiters = self._compaction_waiters, []
+        for w in waiters:
+            w.errback(Failure(StoppedError()))
         self._on_fatal(failure)
 
     # -- appliers (disk thread) ------------------------------------------------------------
