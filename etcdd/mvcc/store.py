@@ -501,8 +501,9 @@ def _compact_walk(txn: Any, index_db: Any, key_db: Any, target: int, start: byte
         budget -= 1
         if cur.set_range_dup(ik, probe):
             drops = compaction_drops(list(cur.iternext_dup()))
-            if len(drops) > budget:
-                drops, resume = drops[:budget], True   # oldest first: safe to stop here
+            keep = max(budget, 1)        # NB: at least one drop per visit, or a limit of 1 never moves
+            if len(drops) > keep:
+                drops, resume = drops[:keep], True   # oldest first: safe to stop here
             else:
                 resume = False
             for v in drops:

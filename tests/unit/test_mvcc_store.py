@@ -776,3 +776,27 @@ class RandomHistoryTests(StoreTestCase):
         if not pending:
             for key in self.KEYS:
                 self.assertEqual(store.history(key), model.revs.get(key, []), where)
+
+
+class CompactStepProgressTests(SynchronousTestCase):
+
+    def test_batch_limit_of_one_makes_progress(self) -> None:
+        """compact_step(batch_limit=1) still finishes: each step drops at least one record."""
+        from etcdd.mvcc.backend import Backend
+        from etcdd.mvcc.store import KVStore
+        backend = Backend(self.mktemp())
+        self.addCleanup(backend.close)
+        store = KVStore(backend)
+        for value in (b"1", b"2", b"3", b"4"):
+            with store.write_batch() as batch:
+                txn = batch.txn()
+                txn.put(b"k", value)
+                txn.end()
+        with store.write_batch() as batch:
+            batch.schedule_compaction(5)
+        steps = 0
+        while not store.compact_step(batch_limit=1):
+            steps += 1
+            self.assertLess(steps, 20)
+        self.assertEqual([kv.value for kv in store.range(b"k").kvs], [b"4"])
+        self.assertEqual(len(store.history(b"k")), 1)
