@@ -32,6 +32,7 @@ from h2.events import (ConnectionTerminated, DataReceived, RemoteSettingsChanged
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -60,7 +61,10 @@ H2_DEFAULT_WINDOW_BYTES = 65535
 
 H2_SERVER_CONFIG = H2Configuration(
     client_side=False, header_encoding=None, validate_outbound_headers=False,
-    normalize_outbound_headers=False, validate_inbound_headers=True)
+    normalize_outbound_headers=False, validate_inbound_headers=True,
+    # NB: validation already refuses what normalization would fix (upper-case names);
+    # gRPC carries no cookies to split.
+    normalize_inbound_headers=False)
 
 _RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 # grpc-go toRPCErr(context.DeadlineExceeded)
@@ -598,10 +602,33 @@ class GrpcProtocol(Protocol):
             data += b"".join(self._extra_frames)
             self._extra_frames.clear()
         if data:
-            self.transport.write(data)
+            self._write(data)
         if self._lose_after_flush:
             self._lose_after_flush = False
             self.transport.loseConnection()
+
+    def _write(self, data: bytes) -> None:
+        """Send at once when the TCP transport has nothing queued; queue the rest.
+
+        # NB: Twisted's write() only queues and registers for writability (two epoll_ctl
+        # calls and a poll round per write); measured ~8 % of a put's CPU. A plain TCP
+        # connection with an empty buffer can take the bytes now, as Twisted's own
+        # doWrite would. Anything else (TLS, a backlog) goes through write().
+        """
+        transport = self.transport
+        if (transport.__class__ is tcp.Server and transport.connected
+                and not transport.disconnecting and not transport.dataBuffer
+                and not transport._tempDataBuffer):
+            try:
+                sent = transport.socket.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0       # write() below meets the error and closes as Twisted does
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
     def _drain(self, call: _Call) -> None:
         """Hand `call`'s queue to h2 as far as the windows allow; then its trailers."""
