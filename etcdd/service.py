@@ -103,6 +103,10 @@ class MemberService(MultiService):
         snap_dir = c.snap_path
         identity = load_or_create_identity(c.member_dir, name=c.name, member_id=own_id,
                                            cluster_id=cluster_id, token=c.initial_cluster_token)
+        if not is_new and not os.path.exists(c.backend_path):
+            # etcd 3.4 server.go: a member with history but no backend must not start
+            # empty; that would silently drop every acknowledged key.
+            raise StartupError(f"database file ({c.backend_path}) of the backend is missing")
         try:
             os.makedirs(snap_dir, mode=0o700, exist_ok=True)
             self.backend = Backend(c.backend_path)

@@ -6,11 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import subprocess
 import sys
 import unittest
 
-from tests.integration.harness import ETCDCTL, ROOT, Member, etcdctl
+from tests.integration.harness import ETCDCTL, Member, etcdctl
 
 
 def tree_digest(path: str) -> str:
@@ -107,3 +106,18 @@ class NotifyTests(unittest.TestCase):
             del os.environ["NOTIFY_SOCKET"]
         self.addCleanup(member.cleanup)
         self.assertEqual(sock.recv(1024), b"READY=1")
+
+
+class MissingBackendTests(unittest.TestCase):
+
+    def test_missing_backend_is_refused(self) -> None:
+        """A member whose backend file was removed refuses to start instead of starting empty."""
+        member = Member(name="gone").start()
+        self.addCleanup(member.cleanup)
+        etcdctl(member.endpoint, "put", "k", "v")
+        member.stop()
+        os.remove(os.path.join(member.data_dir, "member", "snap", "db"))
+        member.start(wait=False)
+        self.assertNotEqual(member.proc.wait(timeout=30), 0)
+        self.assertIn("of the backend is missing", member.log())
+        self.assertFalse(os.path.exists(os.path.join(member.data_dir, "member", "snap", "db")))
