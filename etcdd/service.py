@@ -28,7 +28,7 @@ from etcdd.config import Config, ConfigError
 from etcdd.mvcc.backend import Backend
 from etcdd.mvcc.store import KVStore
 from etcdd.server import membership
-from etcdd.server.disk import DiskExecutor
+from etcdd.server.disk import DiskExecutor, choose_cpu
 from etcdd.server.identity import DataDirError, load_or_create_identity
 from etcdd.server.member import Identity, Member
 
@@ -113,7 +113,7 @@ class MemberService(MultiService):
         except Exception as e:
             raise StartupError(f"cannot open the backend in {snap_dir}: {e}") from None
         self.store = KVStore(self.backend)
-        self.disk = DiskExecutor(self._reactor)
+        self.disk = DiskExecutor(self._reactor, cpu=choose_cpu(os.environ))
         self.disk.start()
         self.member = Member(Identity(identity.cluster_id, identity.member_id, c.name),
                              self.store, self.disk,
