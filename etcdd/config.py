@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import ipaddress
 import posixpath
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from etcdd.goflags import (BadValue, choice, duration, integer, parse_bool, parse_duration,
+                           strings, text, uint32)
+from etcdd.urls import (ListenAddress, go_quote, normalize_url, resolve_localhost, url_host,
+                        urls_equal, urls_map)
+
 MAX_ELECTION_MS = 50000                 # etcd embed/config.go maxElectionMs
 DEFAULT_QUOTA_BYTES = 2 * 1024 ** 3     # etcdserver/quota.go DefaultQuotaBytes
-_URL_SCHEMES = ("http", "https", "unix", "unixs")
 _LOG_LEVELS = ("debug", "info", "warn", "error", "panic", "fatal")
 _DEFAULT_PEER_URLS = ("http://localhost:2380",)
 _DEFAULT_CLUSTER = (("default", "http://localhost:2380"),)
@@ -47,14 +50,6 @@ class HelpRequested(Exception):
 
 class VersionRequested(Exception):
     """``--version`` was given: print the version and exit 0."""
-
-
-@dataclass(frozen=True, slots=True)
-class ListenAddress:
-    """Where to listen, from a URL such as ``http://127.0.0.1:2379`` (host without brackets)."""
-    scheme: str
-    host: str
-    port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +213,7 @@ class Config:
         Raises `ConfigError`.
         """
         self._has_local_member()
-        self._advertise_matches_cluster(resolve or _resolve_localhost)
+        self._advertise_matches_cluster(resolve or resolve_localhost)
         self._no_duplicate_url()
         if not self.initial_cluster:
             raise ConfigError("initial cluster unset and no discovery URL found")
@@ -230,19 +225,19 @@ class Config:
 
     def _has_local_member(self) -> None:
         if self.name not in self.initial_cluster_urls():
-            raise ConfigError(f"couldn't find local name {_q(self.name)} "
+            raise ConfigError(f"couldn't find local name {go_quote(self.name)} "
                               "in the initial cluster configuration")
 
     def _no_duplicate_url(self) -> None:
         urls = [url for _, url in self.initial_cluster]
         if len(set(urls)) != len(urls):
-            cluster = _urls_map(self.initial_cluster)
+            cluster = urls_map(self.initial_cluster)
             raise ConfigError(f"initial cluster {cluster} has duplicate url")
 
     def _advertise_matches_cluster(self, resolve: Callable[[str], str]) -> None:
         cluster = self.initial_cluster_urls()[self.name]
         advertised = tuple(sorted(self.initial_advertise_peer_urls))
-        err = _urls_equal(advertised, cluster, resolve)
+        err = urls_equal(advertised, cluster, resolve)
         if err is None:
             return
         ap = ",".join(advertised)
@@ -251,36 +246,12 @@ class Config:
             has = ",".join(f"{self.name}={u}" for u in missing)
             raise ConfigError(f"--initial-cluster has {has} but missing from "
                               f"--initial-advertise-peer-urls={ap} ({err})")
-        own = _urls_map((self.name, u) for u in advertised)
+        own = urls_map((self.name, u) for u in advertised)
         extra = [u for u in advertised if u not in cluster]
         if extra:
             raise ConfigError(f"--initial-advertise-peer-urls has {','.join(extra)} "
                               f"but missing from --initial-cluster={own}")
         raise ConfigError(f"failed to resolve {ap} to match --initial-cluster={own} ({err})")
-
-
-# ---- URLs (etcd pkg/types/urls.go NewURLs) -------------------------------------------------
-
-def normalize_url(raw: str) -> str:
-    """Check one URL as etcd's ``types.NewURLs`` does; return it with the scheme lower-cased.
-
-    Raises ValueError with etcd's message, e.g. ``URL must not contain a path: http://h:1/x``.
-    """
-    s = raw.strip()
-    try:
-        u = urlsplit(s)
-    except ValueError as e:
-        raise ValueError(f"parse {_q(s)}: {e}") from None
-    if u.scheme not in _URL_SCHEMES or not s.lower().startswith(u.scheme + "://"):
-        raise ValueError(f"URL scheme must be http, https, unix, or unixs: {s}")
-    host, colon, port = u.netloc.rpartition("@")[2].rpartition(":")
-    if not colon or not _is_host(host) or "]" in port:
-        raise ValueError(f'URL address does not have the form "host:port": {s}')
-    if not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"invalid port {_q(':' + port)} after host: {s}")
-    if u.path:
-        raise ValueError(f"URL must not contain a path: {s}")
-    return u.scheme + s[len(u.scheme):]
 
 
 def listen_address(url: str) -> ListenAddress:
@@ -292,69 +263,19 @@ def listen_address(url: str) -> ListenAddress:
     return ListenAddress(u.scheme, u.hostname or "", u.port or 0)
 
 
-def _is_host(host: str) -> bool:
-    if host.startswith("["):
-        return host.endswith("]") and ":" in host
-    return ":" not in host
-
-
-def _url_host(url: str) -> str:
-    return urlsplit(url).hostname or ""
-
-
-def _resolve_localhost(host: str) -> str:
-    return "127.0.0.1" if host == "localhost" else host
-
-
-def _urls_equal(a: Sequence[str], b: Sequence[str], resolve: Callable[[str], str]) -> str | None:
-    """netutil ``URLStringsEqual``: None if equal after resolving hosts, else etcd's reason."""
-    if len(a) != len(b):
-        return f"len({_go_strings(a)}) != len({_go_strings(b)})"
-
-    def resolved(urls: Sequence[str]) -> list[str]:
-        out = []
-        for url in urls:
-            u = urlsplit(url)
-            host = resolve(u.hostname or "")
-            host = f"[{host}]" if ":" in host else host
-            out.append(f"{u.scheme}://{host}:{u.port}")
-        return sorted(out)
-
-    if sorted(a) == sorted(b):
-        return None
-    for x, y in zip(resolved(a), resolved(b)):
-        if x != y:
-            return f"resolved urls: {_q(x)} != {_q(y)}"
-    return None
-
-
-def _urls_map(pairs) -> str:
-    """etcd ``URLsMap.String()``: ``name=url`` pairs sorted, comma-joined."""
-    return ",".join(sorted(f"{name}={url}" for name, url in pairs))
-
-
-def _q(s: str) -> str:
-    """Go's ``%q`` for the strings we quote (ASCII, no control characters)."""
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _go_strings(ss: Sequence[str]) -> str:
-    return "[" + " ".join(_q(s) for s in ss) + "]"
-
-
 # ---- validation (embed/config.go Validate, then etcdd's refusals) ---------------------------
 
 def _check_logging(c: Config) -> None:
     if c.log_level not in _LOG_LEVELS:
-        raise ConfigError(f"unknown log-level {_q(c.log_level)} "
+        raise ConfigError(f"unknown log-level {go_quote(c.log_level)} "
                           f"(only supports {', '.join(_LOG_LEVELS)})")
     if c.logger not in ("capnslog", "zap"):
-        raise ConfigError(f"unknown logger option {_q(c.logger)}")
+        raise ConfigError(f"unknown logger option {go_quote(c.logger)}")
 
 
 def _check_bind_urls(c: Config) -> None:
     for url in c.listen_peer_urls + c.listen_client_urls + c.listen_metrics_urls:
-        host = _url_host(url)
+        host = url_host(url)
         if url.startswith(("unix:", "unixs:")) or host == "localhost":
             continue
         try:
@@ -367,14 +288,14 @@ def _check_host_urls(c: Config) -> None:
     for flag, urls in (("--initial-advertise-peer-urls", c.initial_advertise_peer_urls),
                        ("--advertise-client-urls", c.advertise_client_urls)):
         for url in urls:
-            if not _url_host(url):
-                raise ConfigError(f'{flag} {_q(",".join(urls))} must be "host:port" '
+            if not url_host(url):
+                raise ConfigError(f'{flag} {go_quote(",".join(urls))} must be "host:port" '
                                   f"(unexpected empty host ({url}))")
 
 
 def _check_bootstrap_flags(c: Config) -> None:
     if c.initial_cluster_state not in ("new", "existing"):
-        raise ConfigError(f"unexpected clusterState {_q(c.initial_cluster_state)}")
+        raise ConfigError(f"unexpected clusterState {go_quote(c.initial_cluster_state)}")
     if sum(map(bool, (c.discovery, c.initial_cluster, c.discovery_srv))) > 1:
         raise ConfigError('multiple discovery or bootstrap flags are set. Choose one of '
                           '"initial-cluster", "discovery" or "discovery-srv"')
@@ -402,7 +323,7 @@ def _check_advertise_client(c: Config) -> None:
 
 def _check_compaction(c: Config) -> None:
     if c.auto_compaction_mode not in ("periodic", "revision"):
-        raise ConfigError(f"unknown auto-compaction-mode {_q(c.auto_compaction_mode)}")
+        raise ConfigError(f"unknown auto-compaction-mode {go_quote(c.auto_compaction_mode)}")
     retention = c.auto_compaction_retention
     if retention.isdigit():
         return
@@ -412,7 +333,7 @@ def _check_compaction(c: Config) -> None:
             return
         except ValueError as e:
             raise ConfigError(f"error parsing CompactionRetention: {e}") from None
-    raise ConfigError(f"invalid auto-compaction-retention {_q(retention)} for "
+    raise ConfigError(f"invalid auto-compaction-retention {go_quote(retention)} for "
                       "auto-compaction-mode revision: want a revision count")
 
 
@@ -443,90 +364,6 @@ _CHECKS = (_check_logging, _check_bind_urls, _check_host_urls, _check_bootstrap_
            _check_unsupported)
 
 
-# ---- value parsers (Go strconv / time / etcd pkg/flags semantics) --------------------------
-
-class _BadValue(ValueError):
-    """A flag value Go would refuse; the message is Go's reason (``parse error``, ...)."""
-
-
-_GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
-_GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
-_INT_DIGITS = {2: "01", 8: "01234567", 10: "0123456789", 16: "0123456789abcdefABCDEF"}
-
-
-def parse_bool(s: str) -> bool:
-    """Go ``strconv.ParseBool``."""
-    if s in _GO_TRUE or s in _GO_FALSE:
-        return s in _GO_TRUE
-    raise _BadValue("parse error")
-
-
-def _integer(bits: int, signed: bool) -> Callable[[str], int]:
-    """Go ``strconv.Parse(U)Int(s, 0, bits)`` as the ``flag`` package uses it."""
-    def parse(s: str) -> int:
-        body, sign = s, 1
-        if signed and body[:1] in ("+", "-"):
-            sign, body = (-1 if body[0] == "-" else 1), body[1:]
-        base, digits = 10, body
-        if len(body) > 1 and body[0] == "0":
-            prefix = body[1].lower()
-            base, digits = {"x": (16, body[2:]), "b": (2, body[2:]),
-                            "o": (8, body[2:])}.get(prefix, (8, body[1:]))
-        if not digits or any(ch not in _INT_DIGITS[base] + "_" for ch in digits):
-            raise _BadValue("parse error")
-        try:
-            value = sign * int(digits, base)
-        except ValueError:
-            raise _BadValue("parse error") from None
-        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
-        if not low <= value <= high:
-            raise _BadValue("value out of range")
-        return value
-    return parse
-
-
-def _uint32(s: str) -> int:
-    """etcd ``flags.Uint32Value``: ``strconv.ParseUint(s, 10, 32)`` with strconv's errors."""
-    if not s.isdigit() or not s.isascii():
-        raise _BadValue(f'strconv.ParseUint: parsing {_q(s)}: invalid syntax')
-    if int(s) >= 2 ** 32:
-        raise _BadValue(f'strconv.ParseUint: parsing {_q(s)}: value out of range')
-    return int(s)
-
-
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3,
-                   "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)([a-z\u00b5\u03bc]*)")
-
-
-def parse_duration(s: str) -> float:
-    """Go ``time.ParseDuration`` in seconds: ``"1h30m"``, ``"100ms"``, ``"0"``."""
-    body = s[1:] if s[:1] in ("+", "-") else s
-    if body == "0":
-        return 0.0
-    if not body:
-        raise ValueError(f"time: invalid duration {_q(s)}")
-    total, pos = 0.0, 0
-    while pos < len(body):
-        m = _DURATION_PART.match(body, pos)
-        if m is None:
-            raise ValueError(f"time: invalid duration {_q(s)}")
-        if not m.group(2):
-            raise ValueError(f"time: missing unit in duration {_q(s)}")
-        if m.group(2) not in _DURATION_UNITS:
-            raise ValueError(f"time: unknown unit {_q(m.group(2))} in duration {_q(s)}")
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    return -total if s.startswith("-") else total
-
-
-def _duration(s: str) -> float:
-    try:
-        return parse_duration(s)
-    except ValueError:
-        raise _BadValue("parse error") from None
-
-
 def _urls(*exceptions: str) -> Callable[[str], tuple[str, ...] | None]:
     """etcd ``flags.UniqueURLs``: comma list, sorted, de-duplicated; an exception is kept as is.
 
@@ -537,22 +374,7 @@ def _urls(*exceptions: str) -> Callable[[str], tuple[str, ...] | None]:
         try:
             return tuple(sorted({normalize_url(part) for part in s.split(",")}))
         except ValueError as e:
-            raise _BadValue(str(e)) from None
-    return parse
-
-
-def _strings(unique: bool) -> Callable[[str], tuple[str, ...]]:
-    def parse(s: str) -> tuple[str, ...]:
-        parts = [p for p in s.split(",") if p] if s else []
-        return tuple(sorted(set(parts))) if unique else tuple(parts)
-    return parse
-
-
-def _choice(*valid: str) -> Callable[[str], str]:
-    def parse(s: str) -> str:
-        if s not in valid:
-            raise _BadValue("invalid value")
-        return s
+            raise BadValue(str(e)) from None
     return parse
 
 
@@ -565,12 +387,8 @@ def _initial_cluster(s: str) -> tuple[tuple[str, str], ...]:
             try:
                 pairs.append((name, normalize_url(url)))
             except ValueError as e:   # NB: etcd checks this after parsing flags: exit 1
-                raise ConfigError(f"invalid --initial-cluster {_q(s)}: {e}") from None
+                raise ConfigError(f"invalid --initial-cluster {go_quote(s)}: {e}") from None
     return tuple(pairs)
-
-
-def _text(s: str) -> str:
-    return s
 
 
 # ---- the flag table (etcdmain/config.go newConfig, help.go) --------------------------------
@@ -600,16 +418,16 @@ def _ignored(s: str) -> None:
     return None
 
 
-_uint, _int = _integer(64, False), _integer(64, True)
+_uint, _int = integer(64, False), integer(64, True)
 _OBSOLETE = ("cluster-active-size", "cluster-remove-delay", "cluster-sync-interval", "config",
              "force", "max-result-buffer", "max-retry-attempts", "peer-heartbeat-interval",
              "peer-election-timeout", "retry-interval", "snapshot", "v", "vv",
              "test.coverprofile", "test.outputdir")
 F = Flag
 FLAGS: tuple[Flag, ...] = (
-    F("name", _text, "Human-readable name for this member."),
-    F("data-dir", _text, "Path to the data directory."),
-    F("wal-dir", _text, "Path to the dedicated wal directory."),
+    F("name", text, "Human-readable name for this member."),
+    F("data-dir", text, "Path to the data directory."),
+    F("wal-dir", text, "Path to the dedicated wal directory."),
     F("snapshot-count", _uint, "Number of committed transactions to trigger a snapshot to disk."),
     F("heartbeat-interval", _uint, "Time (in milliseconds) of a heartbeat interval.",
       "heartbeat_interval_ms"),
@@ -622,82 +440,82 @@ FLAGS: tuple[Flag, ...] = (
     F("max-snapshots", _uint, "Maximum number of snapshot files to retain (0 is unlimited)."),
     F("max-wals", _uint, "Maximum number of wal files to retain (0 is unlimited)."),
     F("quota-backend-bytes", _int, "Backend size quota (0 = 2 GiB)."),
-    F("backend-batch-interval", _duration, "Maximum time before committing the backend.",
+    F("backend-batch-interval", duration, "Maximum time before committing the backend.",
       "backend_batch_interval_seconds"),
     F("backend-batch-limit", _int, "Maximum operations before committing the backend transaction."),
     F("max-txn-ops", _uint, "Maximum number of operations permitted in a transaction."),
     F("max-request-bytes", _uint, "Maximum client request size in bytes the server will accept."),
-    F("grpc-keepalive-min-time", _duration, "Minimum interval a client should wait before pinging.",
+    F("grpc-keepalive-min-time", duration, "Minimum interval a client should wait before pinging.",
       "grpc_keepalive_min_time_seconds"),
-    F("grpc-keepalive-interval", _duration, "Server-to-client ping interval (0 to disable).",
+    F("grpc-keepalive-interval", duration, "Server-to-client ping interval (0 to disable).",
       "grpc_keepalive_interval_seconds"),
-    F("grpc-keepalive-timeout", _duration, "Wait before closing a non-responsive connection.",
+    F("grpc-keepalive-timeout", duration, "Wait before closing a non-responsive connection.",
       "grpc_keepalive_timeout_seconds"),
-    F("max-concurrent-streams", _uint32, "Maximum concurrent streams per client connection."),
+    F("max-concurrent-streams", uint32, "Maximum concurrent streams per client connection."),
     F("initial-advertise-peer-urls", _urls(""), "This member's peer URLs to advertise."),
     F("initial-cluster", _initial_cluster, "Initial cluster configuration for bootstrapping."),
-    F("initial-cluster-state", _choice("new", "existing"), "'new' or 'existing'."),
-    F("initial-cluster-token", _text, "Token hashed into the IDs at bootstrap."),
+    F("initial-cluster-state", choice("new", "existing"), "'new' or 'existing'."),
+    F("initial-cluster-token", text, "Token hashed into the IDs at bootstrap."),
     F("advertise-client-urls", _urls(""), "This member's client URLs to advertise to the public."),
-    F("discovery", _text, "Discovery URL used to bootstrap the cluster (not supported)."),
-    F("discovery-fallback", _choice("proxy", "exit"), "Behavior when discovery fails."),
-    F("discovery-proxy", _text, "HTTP proxy to use for traffic to discovery service."),
-    F("discovery-srv", _text, "DNS srv domain used to bootstrap the cluster (not supported)."),
-    F("discovery-srv-name", _text, "Suffix to the dns srv name queried when bootstrapping."),
+    F("discovery", text, "Discovery URL used to bootstrap the cluster (not supported)."),
+    F("discovery-fallback", choice("proxy", "exit"), "Behavior when discovery fails."),
+    F("discovery-proxy", text, "HTTP proxy to use for traffic to discovery service."),
+    F("discovery-srv", text, "DNS srv domain used to bootstrap the cluster (not supported)."),
+    F("discovery-srv-name", text, "Suffix to the dns srv name queried when bootstrapping."),
     F("strict-reconfig-check", parse_bool, "Refuse reconfigurations that lose quorum."),
     F("enable-v2", parse_bool, "Accept etcd V2 client requests (accepted, ignored)."),
     F("pre-vote", parse_bool, "Enable to run an additional Raft election phase."),
-    F("auto-compaction-retention", _text, "0 disables; periodic: hours or a duration."),
-    F("auto-compaction-mode", _text, "Interpret 'auto-compaction-retention': periodic|revision."),
-    F("proxy", _choice("off", "readonly", "on"), "v2 proxy mode (only 'off' is supported)."),
+    F("auto-compaction-retention", text, "0 disables; periodic: hours or a duration."),
+    F("auto-compaction-mode", text, "Interpret 'auto-compaction-retention': periodic|revision."),
+    F("proxy", choice("off", "readonly", "on"), "v2 proxy mode (only 'off' is supported)."),
     *(F(f"proxy-{n}", _uint, "v2 proxy setting (accepted, ignored).", "_ignored")
       for n in ("failure-wait", "refresh-interval", "dial-timeout", "write-timeout",
                 "read-timeout")),
-    F("cert-file", _text, "Path to the client server TLS cert file."),
-    F("key-file", _text, "Path to the client server TLS key file."),
+    F("cert-file", text, "Path to the client server TLS cert file."),
+    F("key-file", text, "Path to the client server TLS key file."),
     F("client-cert-auth", parse_bool, "Enable client cert authentication."),
-    F("client-crl-file", _text, "Path to the client certificate revocation list file."),
-    F("client-cert-allowed-hostname", _text, "Allowed TLS hostname for client certs."),
-    F("trusted-ca-file", _text, "Path to the client server TLS trusted CA cert file."),
+    F("client-crl-file", text, "Path to the client certificate revocation list file."),
+    F("client-cert-allowed-hostname", text, "Allowed TLS hostname for client certs."),
+    F("trusted-ca-file", text, "Path to the client server TLS trusted CA cert file."),
     F("auto-tls", parse_bool, "Client TLS using generated certificates."),
-    F("peer-cert-file", _text, "Path to the peer server TLS cert file."),
-    F("peer-key-file", _text, "Path to the peer server TLS key file."),
+    F("peer-cert-file", text, "Path to the peer server TLS cert file."),
+    F("peer-key-file", text, "Path to the peer server TLS key file."),
     F("peer-client-cert-auth", parse_bool, "Enable peer client cert authentication."),
-    F("peer-trusted-ca-file", _text, "Path to the peer server TLS trusted CA file."),
+    F("peer-trusted-ca-file", text, "Path to the peer server TLS trusted CA file."),
     F("peer-auto-tls", parse_bool, "Peer TLS using self-generated certificates."),
-    F("peer-crl-file", _text, "Path to the peer certificate revocation list file."),
-    F("peer-cert-allowed-cn", _text, "Allowed CommonName for inter peer authentication."),
-    F("peer-cert-allowed-hostname", _text, "Allowed TLS hostname for inter peer authentication."),
-    F("cipher-suites", _strings(False), "Comma-separated list of supported TLS cipher suites."),
+    F("peer-crl-file", text, "Path to the peer certificate revocation list file."),
+    F("peer-cert-allowed-cn", text, "Allowed CommonName for inter peer authentication."),
+    F("peer-cert-allowed-hostname", text, "Allowed TLS hostname for inter peer authentication."),
+    F("cipher-suites", strings(False), "Comma-separated list of supported TLS cipher suites."),
     F("experimental-peer-skip-client-san-verification", parse_bool,
       "Skip verification of SAN field in client certificate for peer connections."),
     F("cors", _urls("*"), "Comma-separated whitelist of origins for CORS (* means allow all)."),
-    F("host-whitelist", _strings(True), "Acceptable HTTP Host names (* means all)."),
-    F("logger", _text, "'capnslog' or 'zap' (accepted; etcdd logs with twisted.logger)."),
-    F("log-outputs", _strings(True), "Log output targets (accepted; etcdd logs to stderr)."),
-    F("log-output", _strings(True), "[deprecated] use '--log-outputs'.", "_log_output"),
+    F("host-whitelist", strings(True), "Acceptable HTTP Host names (* means all)."),
+    F("logger", text, "'capnslog' or 'zap' (accepted; etcdd logs with twisted.logger)."),
+    F("log-outputs", strings(True), "Log output targets (accepted; etcdd logs to stderr)."),
+    F("log-output", strings(True), "[deprecated] use '--log-outputs'.", "_log_output"),
     F("debug", parse_bool, "[deprecated] use '--log-level=debug'.", "_debug"),
-    F("log-level", _text, "Log level: debug, info, warn, error, panic, or fatal."),
-    F("log-package-levels", _text, "[deprecated] accepted, ignored.", "_ignored"),
+    F("log-level", text, "Log level: debug, info, warn, error, panic, or fatal."),
+    F("log-package-levels", text, "[deprecated] accepted, ignored.", "_ignored"),
     F("version", parse_bool, "Print the version and exit.", "_version"),
-    F("config-file", _text, "Path to a YAML configuration file (not supported)."),
+    F("config-file", text, "Path to a YAML configuration file (not supported)."),
     F("enable-pprof", parse_bool, "Enable runtime profiling data via HTTP server."),
-    F("metrics", _text, "Level of detail for exported metrics: basic or extensive."),
-    F("auth-token", _text, "Auth token type and options ('simple' or 'jwt,...')."),
+    F("metrics", text, "Level of detail for exported metrics: basic or extensive."),
+    F("auth-token", text, "Auth token type and options ('simple' or 'jwt,...')."),
     F("bcrypt-cost", _uint, "bcrypt cost for hashing auth passwords (4..31)."),
     F("auth-token-ttl", _uint, "Lifetime (in seconds) of auth tokens.", "auth_token_ttl_seconds"),
     F("enable-grpc-gateway", parse_bool, "Enable the JSON gRPC gateway."),
     F("experimental-initial-corrupt-check", parse_bool, "Check data corruption before serving."),
-    F("experimental-corrupt-check-time", _duration, "Time between cluster corruption check passes.",
+    F("experimental-corrupt-check-time", duration, "Time between cluster corruption check passes.",
       "experimental_corrupt_check_time_seconds"),
-    F("experimental-enable-v2v3", _text, "v3 prefix for serving emulated v2 state."),
-    F("experimental-backend-bbolt-freelist-type", _text, "bbolt freelist (accepted, ignored)."),
+    F("experimental-enable-v2v3", text, "v3 prefix for serving emulated v2 state."),
+    F("experimental-backend-bbolt-freelist-type", text, "bbolt freelist (accepted, ignored)."),
     F("experimental-enable-lease-checkpoint", parse_bool, "Send lease checkpoints to followers."),
     F("experimental-enable-lease-checkpoint-persist", parse_bool, "Persist lease remaining TTL."),
     F("experimental-compaction-batch-limit", _int, "Revisions deleted per compaction batch."),
-    F("experimental-watch-progress-notify-interval", _duration, "Watch progress period.",
+    F("experimental-watch-progress-notify-interval", duration, "Watch progress period.",
       "experimental_watch_progress_notify_interval_seconds"),
-    F("experimental-warning-apply-duration", _duration, "Warn when an apply takes longer.",
+    F("experimental-warning-apply-duration", duration, "Warn when an apply takes longer.",
       "experimental_warning_apply_duration_seconds"),
     F("unsafe-no-fsync", parse_bool, "Disables fsync, unsafe, will cause data loss."),
     F("force-new-cluster", parse_bool, "Force to create a new one member cluster."),
@@ -782,10 +600,10 @@ def _scan_flags(argv: list[str], values: dict[str, object], warnings: list[str])
             raw, i = argv[i], i + 1
         try:
             _set(flag, raw, values)
-        except _BadValue as e:
+        except BadValue as e:
             kind = "boolean value" if flag.parse is parse_bool else "value"
             sep = " " if flag.parse is parse_bool else " flag "
-            raise FlagError(f"invalid {kind} {_q(raw)} for{sep}-{name}: {e}") from None
+            raise FlagError(f"invalid {kind} {go_quote(raw)} for{sep}-{name}: {e}") from None
         if flag.target == "_obsolete":
             warnings.append(f'flag "-{name}" is no longer supported - ignoring.')
         given.add(name)
@@ -805,8 +623,8 @@ def _apply_environ(environ: Mapping[str, str], given: set[str], values: dict[str
             continue
         try:
             _set(flag, raw, values)
-        except _BadValue as e:
-            raise ConfigError(f"invalid value {_q(raw)} for {flag.env}: {e}") from None
+        except BadValue as e:
+            raise ConfigError(f"invalid value {go_quote(raw)} for {flag.env}: {e}") from None
         given.add(flag.name)
         used.append(f"{flag.env}={raw}")
     for key in sorted(environ):

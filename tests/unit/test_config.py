@@ -8,8 +8,10 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from etcdd.config import (FLAGS, Config, ConfigError, FlagError, HelpRequested, ListenAddress,
-                          VersionRequested, help_text, normalize_url, parse_args,
-                          parse_command_line, parse_duration)
+                          VersionRequested, help_text, parse_args,
+                          parse_command_line)
+from etcdd.goflags import parse_duration
+from etcdd.urls import normalize_url
 
 LOCAL = ["--listen-client-urls", "http://127.0.0.1:2379",
          "--advertise-client-urls", "http://127.0.0.1:2379"]

@@ -27,6 +27,10 @@ CORES = (
     "etcdd/server/wait.py",
     "etcdd/server/membership.py",
     "etcdd/config.py",
+    "etcdd/urls.py",
+    "etcdd/goflags.py",
+    "etcdd/server/validate.py",
+    "etcdd/server/apply.py",
 )
 CORE_DIRS = ("etcdd/raft",)
 
