@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from etcdd.goflags import (BadValue, choice, duration, integer, parse_bool, parse_duration,
+from etcdd.goflags import (BadValueError, choice, duration, integer, parse_bool, parse_duration,
                            strings, text, uint32)
 from etcdd.urls import (ListenAddress, go_quote, normalize_url, resolve_localhost, url_host,
                         urls_equal, urls_map)
@@ -374,7 +374,7 @@ def _urls(*exceptions: str) -> Callable[[str], tuple[str, ...] | None]:
         try:
             return tuple(sorted({normalize_url(part) for part in s.split(",")}))
         except ValueError as e:
-            raise BadValue(str(e)) from None
+            raise BadValueError(str(e)) from None
     return parse
 
 
@@ -600,7 +600,7 @@ def _scan_flags(argv: list[str], values: dict[str, object], warnings: list[str])
             raw, i = argv[i], i + 1
         try:
             _set(flag, raw, values)
-        except BadValue as e:
+        except BadValueError as e:
             kind = "boolean value" if flag.parse is parse_bool else "value"
             sep = " " if flag.parse is parse_bool else " flag "
             raise FlagError(f"invalid {kind} {go_quote(raw)} for{sep}-{name}: {e}") from None
@@ -623,7 +623,7 @@ def _apply_environ(environ: Mapping[str, str], given: set[str], values: dict[str
             continue
         try:
             _set(flag, raw, values)
-        except BadValue as e:
+        except BadValueError as e:
             raise ConfigError(f"invalid value {go_quote(raw)} for {flag.env}: {e}") from None
         given.add(flag.name)
         used.append(f"{flag.env}={raw}")

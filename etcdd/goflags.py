@@ -1,7 +1,7 @@
 """Flag values parsed as Go parses them (`strconv`, `time.ParseDuration`, etcd `pkg/flags`).
 
 A core: pure, no IO. Each parser takes the raw string and returns the value or raises
-`BadValue` with Go's reason (``parse error``, ``invalid value`` ...).
+`BadValueError` with Go's reason (``parse error``, ``invalid value`` ...).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from etcdd.urls import go_quote
 
 
-class BadValue(ValueError):
+class BadValueError(ValueError):
     """A flag value Go would refuse; the message is Go's reason (``parse error``, ...)."""
 
 
@@ -24,7 +24,7 @@ def parse_bool(s: str) -> bool:
     """Go ``strconv.ParseBool``."""
     if s in _GO_TRUE or s in _GO_FALSE:
         return s in _GO_TRUE
-    raise BadValue("parse error")
+    raise BadValueError("parse error")
 
 
 def integer(bits: int, signed: bool) -> Callable[[str], int]:
@@ -39,14 +39,14 @@ def integer(bits: int, signed: bool) -> Callable[[str], int]:
             base, digits = {"x": (16, body[2:]), "b": (2, body[2:]),
                             "o": (8, body[2:])}.get(prefix, (8, body[1:]))
         if not digits or any(ch not in _INT_DIGITS[base] + "_" for ch in digits):
-            raise BadValue("parse error")
+            raise BadValueError("parse error")
         try:
             value = sign * int(digits, base)
         except ValueError:
-            raise BadValue("parse error") from None
+            raise BadValueError("parse error") from None
         low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
         if not low <= value <= high:
-            raise BadValue("value out of range")
+            raise BadValueError("value out of range")
         return value
     return parse
 
@@ -54,9 +54,9 @@ def integer(bits: int, signed: bool) -> Callable[[str], int]:
 def uint32(s: str) -> int:
     """etcd ``flags.Uint32Value``: ``strconv.ParseUint(s, 10, 32)`` with strconv's errors."""
     if not s.isdigit() or not s.isascii():
-        raise BadValue(f'strconv.ParseUint: parsing {go_quote(s)}: invalid syntax')
+        raise BadValueError(f'strconv.ParseUint: parsing {go_quote(s)}: invalid syntax')
     if int(s) >= 2 ** 32:
-        raise BadValue(f'strconv.ParseUint: parsing {go_quote(s)}: value out of range')
+        raise BadValueError(f'strconv.ParseUint: parsing {go_quote(s)}: value out of range')
     return int(s)
 
 
@@ -90,7 +90,7 @@ def duration(s: str) -> float:
     try:
         return parse_duration(s)
     except ValueError:
-        raise BadValue("parse error") from None
+        raise BadValueError("parse error") from None
 
 
 def strings(unique: bool) -> Callable[[str], tuple[str, ...]]:
@@ -103,7 +103,7 @@ def strings(unique: bool) -> Callable[[str], tuple[str, ...]]:
 def choice(*valid: str) -> Callable[[str], str]:
     def parse(s: str) -> str:
         if s not in valid:
-            raise BadValue("invalid value")
+            raise BadValueError("invalid value")
         return s
     return parse
 
