@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -135,9 +136,13 @@ class MemberService(MultiService):
         router = Router()
         header = HeaderFiller(self.member, self.store)
         KVService(self.member, header, self.config.max_txn_ops).register(router)
-        MaintenanceService(self.member, self.store, self.backend, header,
-                           self._members).register(router)
+        MaintenanceService(self.member, self.store, self.backend, header, self._members,
+                           run_read=self._run_read).register(router)
         return router
+
+    def _run_read(self, fn: Any, *args: object) -> Deferred:
+        """Run a long read-only LMDB scan in the reactor's thread pool (its own read txn)."""
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
 
     def _listen(self) -> None:
         c = self.config

@@ -6,7 +6,9 @@ HashKV, Alarm (no alarms until quotas land, issue 5), MemberList.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, maybeDeferred
 
 from etcdd.api.kv import HeaderFiller
 from etcdd.api.router import CallContext, Router
@@ -16,12 +18,13 @@ from etcdd.version import ETCD_SERVER_VERSION
 
 class MaintenanceService:
     def __init__(self, member: Any, store: Any, backend: Any, header: HeaderFiller,
-                 members: Any) -> None:
+                 members: Any, run_read: Callable[..., Deferred] = maybeDeferred) -> None:
         self._member = member
         self._store = store
         self._backend = backend
         self._header = header
         self._members = members
+        self._run_read = run_read     # long read-only scans: e.g. deferToThread
 
     def register(self, router: Router) -> None:
         add = router.add_unary
@@ -47,13 +50,17 @@ class MaintenanceService:
         return self._header.fill(resp)
 
     def hash(self, req: Any, context: CallContext) -> Any:
-        return self._header.fill(pb.HashResponse(hash=self._store.hash()))
+        # NB: a full scan (~100 ms per 100k records): off the reactor, in a read thread.
+        d = self._run_read(self._store.hash)
+        return d.addCallback(lambda h: self._header.fill(pb.HashResponse(hash=h)))
 
     def hash_kv(self, req: Any, context: CallContext) -> Any:
-        hash_, compact_rev, rev = self._store.hash_kv(req.revision)
-        resp = pb.HashKVResponse(hash=hash_, compact_revision=compact_rev)
-        resp.header.revision = rev
-        return self._header.fill(resp)
+        def answer(result: tuple[int, int, int]) -> Any:
+            hash_, compact_rev, rev = result
+            resp = pb.HashKVResponse(hash=hash_, compact_revision=compact_rev)
+            resp.header.revision = rev
+            return self._header.fill(resp)
+        return self._run_read(self._store.hash_kv, req.revision).addCallback(answer)
 
     def alarm(self, req: Any, context: CallContext) -> Any:
         # TODO(etcdd): NOSPACE/CORRUPT alarms with the quota (issue 5).
