@@ -51,6 +51,10 @@ from etcdd.api.rpctypes import WIRE_ERRORS, GrpcError, Status, status_for
 DEFAULT_MAX_MESSAGE_BYTES = 1536 * 1024 + 512 * 1024
 DEFAULT_MAX_STREAMS = 10_000              # open streams per connection we serve at once
 DEFAULT_MAX_QUEUED_BYTES = 4 * 1024 * 1024   # unsent response bytes per stream (backpressure)
+# Unsent response bytes per connection past which new calls are refused: a client that
+# asks and never reads cannot make us hold more than this plus the calls in flight.
+DEFAULT_MAX_CONNECTION_QUEUED_BYTES = 64 * 1024 * 1024
+QUEUE_FULL_MESSAGE = "etcdd: too many unread responses on this connection"
 # etcd 3.4 v3rpc/grpc.go sets MaxConcurrentStreams(math.MaxUint32); we advertise the same
 # and enforce DEFAULT_MAX_STREAMS ourselves, because h2 answers a stream over its own
 # limit with a connection error, not a refused stream.
@@ -138,6 +142,7 @@ class _Call:
         framed = encode(payload)
         self.out.append(framed)
         self.out_bytes += len(framed)
+        self._protocol._queued_bytes += len(framed)
         self._protocol._wake(self)
 
     def finish(self, error: BaseException | None = None) -> None:
@@ -173,8 +178,12 @@ class GrpcProtocol(Protocol):
     def __init__(self, router: Router, reactor: IReactorTime, *,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  max_streams: int = DEFAULT_MAX_STREAMS,
-                 max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES) -> None:
+                 max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+                 max_connection_queued_bytes: int = DEFAULT_MAX_CONNECTION_QUEUED_BYTES,
+                 ) -> None:
         self._router, self._reactor = router, reactor
+        self._max_connection_queued_bytes = max_connection_queued_bytes
+        self._queued_bytes = 0          # sum of every live call's out_bytes
         self._max_message_bytes = max_message_bytes
         self._max_streams = max_streams
         self._max_queued_bytes = max_queued_bytes
@@ -304,6 +313,9 @@ class GrpcProtocol(Protocol):
         if stream_id > self._last_stream_id or len(self._calls) >= self._max_streams:
             if self._is_open(stream_id):
                 self._h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        if self._queued_bytes > self._max_connection_queued_bytes:
+            self._reject(stream_id, Status.RESOURCE_EXHAUSTED, QUEUE_FULL_MESSAGE)
             return
         path, metadata = _split_headers(event.headers)
         content_type = metadata.get("content-type", "")
@@ -443,6 +455,7 @@ class GrpcProtocol(Protocol):
         framed = encode(payload)
         call.out.append(framed)
         call.out_bytes += len(framed)
+        self._queued_bytes += len(framed)
         self._end(call, OK_TRAILERS)
 
     def _unary_failed(self, failure: Failure, call: _Call) -> None:
@@ -535,6 +548,8 @@ class GrpcProtocol(Protocol):
     def _forget(self, call: _Call) -> None:
         """The stream is over on the wire: drop every reference to `call`."""
         call.finished = call.closed = True
+        self._queued_bytes -= call.out_bytes
+        call.out, call.out_bytes = [], 0
         stream_id = call.stream_id
         self._calls.pop(stream_id, None)
         self._blocked.pop(stream_id, None)
@@ -670,6 +685,7 @@ class GrpcProtocol(Protocol):
         h2, stream_id, out = self._h2, call.stream_id, call.out
         data = out[0] if len(out) == 1 else b"".join(out)
         size = len(data)
+        self._queued_bytes -= call.out_bytes     # re-added below for what stays queued
         window = h2.local_flow_control_window(stream_id)
         max_frame = h2.max_outbound_frame_size
         if size <= window and size <= max_frame:
@@ -689,6 +705,7 @@ class GrpcProtocol(Protocol):
             return True
         call.out = [view[sent:]]                 # no copy of the unsent rest
         call.out_bytes = size - sent
+        self._queued_bytes += call.out_bytes
         return False
 
     def _stream_done(self, call: _Call) -> None:

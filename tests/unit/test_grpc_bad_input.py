@@ -275,3 +275,39 @@ class ResourceBoundTests(SynchronousTestCase):
         self.assertEqual([h.cancels for h in handlers], [1] * 1000)
         self.assertEqual(client.clock.getDelayedCalls(), [])
         self.assertEqual(Client(echo_router()).unary(RANGE, kv()).status, (0, ""))
+
+
+class ConnectionQueueTests(SynchronousTestCase):
+
+    def test_unread_unary_answers_cap_new_calls(self) -> None:
+        """Past the per-connection bound of unsent answers, new calls get RESOURCE_EXHAUSTED;
+        once the client reads again they are served, and the count returns to zero."""
+        from etcdd.api.grpc import QUEUE_FULL_MESSAGE
+        from etcdd.api.router import Router
+        from etcdd.proto.kv_pb2 import KeyValue
+        router = Router()
+        router.add_unary(RANGE, KeyValue, lambda req, ctx: KeyValue(value=b"v" * 50_000))
+        client = Client(router, reading=False, initial_window=1000,
+                        max_connection_queued_bytes=200_000)
+        answered = [client.unary(RANGE, kv()) for _ in range(5)]
+        self.assertGreater(client.protocol._queued_bytes, 200_000)
+        refused = client.unary(RANGE, kv())
+        self.assertEqual(refused.status, (8, QUEUE_FULL_MESSAGE))
+        for stream_id, result in client.streams.items():   # what arrived while not reading
+            if result.data:
+                client.conn.acknowledge_received_data(len(result.data), stream_id)
+        client.reading = True
+        for _ in range(2000):
+            if all(r.ended for r in answered):
+                break
+            client.pump()
+        self.assertTrue(all(r.ended and r.status == (0, "") for r in answered))
+        self.assertEqual(client.protocol._queued_bytes, 0)
+        again = client.unary(RANGE, kv())
+        for _ in range(2000):
+            if again.ended:
+                break
+            client.pump()
+        self.assertEqual(again.status, (0, ""))
+        self.assertEqual(client.protocol._queued_bytes, 0)
+        self.assertEqual(client.clock.getDelayedCalls(), [])
