@@ -14,6 +14,7 @@ four more entries. Every proposal takes one index, whether its apply succeeds or
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail
@@ -68,9 +69,9 @@ class Member:
         self.applied_index = 0
         self.committed_index = 0
         self._apply_kind: dict[str, Callable[[Any, Any], Any]] = {
-            "put": self._apply_put,
-            "delete_range": self._apply_delete_range,
-            "txn": self._apply_txn,
+            "put": partial(self._in_txn, self._checked_put),
+            "delete_range": partial(self._in_txn, self._applier.delete_range),
+            "txn": partial(self._in_txn, self._applier.txn),
             "compaction": self._apply_compaction,
         }
 
@@ -182,27 +183,17 @@ class Member:
 
     # -- appliers (disk thread) ------------------------------------------------------------
 
-    def _apply_put(self, batch: Any, req: Any) -> Any:
+    def _in_txn(self, apply: Callable[[Any, Any], Any], batch: Any, req: Any) -> Any:
+        """Apply one request as one etcd txn of the batch (ended even when refused)."""
         txn = batch.txn()
         try:
-            self._applier.check_put(txn, req)
-            return self._applier.put(txn, req)
+            return apply(txn, req)
         finally:
             txn.end()
 
-    def _apply_delete_range(self, batch: Any, req: Any) -> Any:
-        txn = batch.txn()
-        try:
-            return self._applier.delete_range(txn, req)
-        finally:
-            txn.end()
-
-    def _apply_txn(self, batch: Any, req: Any) -> Any:
-        txn = batch.txn()
-        try:
-            return self._applier.txn(txn, req)
-        finally:
-            txn.end()
+    def _checked_put(self, txn: Any, req: Any) -> Any:
+        self._applier.check_put(txn, req)
+        return self._applier.put(txn, req)
 
     def _apply_compaction(self, batch: Any, req: Any) -> Any:
         batch.schedule_compaction(req.revision)
@@ -232,9 +223,12 @@ class Member:
             return
         self._compacting = True
 
+        def next_step() -> None:
+            self._disk.submit(self._store.compact_step).addCallbacks(step, failed)
+
         def step(done: bool) -> None:
             if not done:
-                self._disk.submit(self._store.compact_step).addCallbacks(step, failed)
+                next_step()
                 return
             self._compacting = False
             waiters, self._compaction_waiters = self._compaction_waiters, []
@@ -247,7 +241,7 @@ class Member:
             self._compacting = False
             self._batch_failed(failure, [])
 
-        self._disk.submit(self._store.compact_step).addCallbacks(step, failed)
+        next_step()
 
     # -- reads (reactor thread) ------------------------------------------------------------
 
