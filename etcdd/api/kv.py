@@ -24,12 +24,9 @@ class HeaderFiller:
         self._member_id = member.identity.member_id
 
     def fill(self, resp: Any) -> Any:
-        header = resp.header
-        header.cluster_id = self._cluster_id
-        header.member_id = self._member_id
-        header.raft_term = self._member.term
-        if header.revision == 0:
-            header.revision = self._store.current_revision()
+        self.fill_without_revision(resp)
+        if resp.header.revision == 0:
+            resp.header.revision = self._store.current_revision()
         return resp
 
     def fill_without_revision(self, resp: Any) -> Any:
