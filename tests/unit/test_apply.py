@@ -8,19 +8,16 @@ TestV3PutIgnoreLease, TestV3PutMissingLease, TestV3TxnInvalidRange) as facts.
 """
 from __future__ import annotations
 
-import os
 import random
-import shutil
 from typing import Any, Callable, Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from etcdd.mvcc.backend import Backend
 from etcdd.mvcc.errors import CompactedError, FutureRevError
-from etcdd.mvcc.store import KVStore
 from etcdd.proto import rpc_pb2 as pb
 from etcdd.server.apply import Applier, LeaseLookup
 from etcdd.server.errors import KeyNotFoundError, LeaseNotFoundError
+from tests.unit.stores import open_store
 
 R = pb.RangeRequest
 
@@ -60,11 +57,7 @@ class ApplyTestCase(SynchronousTestCase):
     """A fresh store in a temp dir and helpers applying requests in one batch each."""
 
     def setUp(self) -> None:
-        base = self.mktemp()
-        self.addCleanup(shutil.rmtree, base, True)
-        backend = Backend(os.path.join(base, "member", "snap", "db"))
-        self.addCleanup(backend.close)
-        self.store = KVStore(backend)
+        self.store = open_store(self)
         self.applier = Applier()
 
     def write(self, fn: Callable[[Any], Any]) -> Any:

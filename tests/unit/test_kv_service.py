@@ -3,8 +3,6 @@ as etcd 3.4 `v3rpc/header.go` fills them, read-only txns served without a propos
 `v3rpc/key.go` validation before anything is proposed."""
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -13,13 +11,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from etcdd.api.kv import HeaderFiller, KVService
 from etcdd.api.router import CallContext, Router, UnaryMethod
-from etcdd.mvcc.backend import Backend
-from etcdd.mvcc.store import KVStore
 from etcdd.proto import rpc_pb2 as pb
 from etcdd.server.disk import SynchronousExecutor
 from etcdd.server.errors import (DuplicateKeyError, EmptyKeyError, KeyNotFoundError,
                                  LeaseProvidedError, TooManyOpsError, ValueProvidedError)
 from etcdd.server.member import Identity, Member
+from tests.unit.stores import open_store
 
 CLUSTER_ID, MEMBER_ID = 0xCDF818194E3A8C32, 0x8E9E05C52164694D
 CTX = CallContext(path="/etcdserverpb.KV/Txn")
@@ -36,11 +33,7 @@ def range_op(key: bytes) -> pb.RequestOp:
 class KVServiceTests(SynchronousTestCase):
 
     def setUp(self) -> None:
-        base = self.mktemp()
-        self.addCleanup(shutil.rmtree, base, True)
-        backend = Backend(os.path.join(base, "member", "snap", "db"))
-        self.addCleanup(backend.close)
-        self.store = KVStore(backend)
+        self.store = open_store(self)
         self.clock = Clock()
         self.member = Member(Identity(CLUSTER_ID, MEMBER_ID, "m1"), self.store,
                              SynchronousExecutor(), self.clock)

@@ -3,8 +3,6 @@ reactor and an executor the test drives: batching per reactor turn, per-request
 refusals, raft indexes and terms, bounds, stopping, compaction and durability failures."""
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -12,7 +10,6 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from etcdd.mvcc.backend import Backend
 from etcdd.mvcc.errors import CompactedError, FutureRevError
 from etcdd.mvcc.store import KVStore
 from etcdd.proto import rpc_pb2 as pb
@@ -20,6 +17,7 @@ from etcdd.server.disk import SynchronousExecutor
 from etcdd.server.errors import (KeyNotFoundError, LeaseNotFoundError, RequestTooLargeError,
                                  StoppedError, TooManyRequestsError)
 from etcdd.server.member import MAX_PENDING_PROPOSALS, Identity, Member
+from tests.unit.stores import new_store_path, open_store
 
 IDENTITY = Identity(cluster_id=0xCDF818194E3A8C32, member_id=0x8E9E05C52164694D, name="m1")
 
@@ -63,20 +61,13 @@ def put(key: bytes, value: bytes = b"v", **kw: Any) -> pb.PutRequest:
 class MemberTestCase(SynchronousTestCase):
 
     def setUp(self) -> None:
-        base = self.mktemp()
-        self.addCleanup(shutil.rmtree, base, True)
-        self.path = os.path.join(base, "member", "snap", "db")
+        self.path = new_store_path(self)
         self.clock = Clock()
-        self.store = self.open_store()
-
-    def open_store(self) -> KVStore:
-        backend = Backend(self.path)
-        self.addCleanup(backend.close)
-        return KVStore(backend)
+        self.store = open_store(self, self.path)
 
     def reopen(self) -> KVStore:
         self.store.backend.close()
-        self.store = self.open_store()
+        self.store = open_store(self, self.path)
         return self.store
 
     def member(self, disk: Any = None, **kw: Any) -> Member:
