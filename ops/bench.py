@@ -42,6 +42,7 @@ from typing import Iterable, Sequence
 import grpc
 
 from etcdd.proto import rpc_pb2, rpc_pb2_grpc
+from ops.local import free_port, single_member_flags
 
 OPS = ("put", "range", "range-l")
 _KV = "/etcdserverpb.KV/"
@@ -603,12 +604,6 @@ def preload(endpoints: Sequence[str], args: argparse.Namespace) -> float:
 
 # ------------------------------------------------------------------ servers for --compare
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """One single-member etcd or etcdd on 127.0.0.1 free ports and a fresh data dir.
 
@@ -616,13 +611,10 @@ class Server:
     """
 
     def __init__(self, label: str, command: Sequence[str], root: str) -> None:
-        self.label, self.endpoint = label, f"127.0.0.1:{free_port()}"
-        client, peer = f"http://{self.endpoint}", f"http://127.0.0.1:{free_port()}"
+        client_port = free_port()
+        self.label, self.endpoint = label, f"127.0.0.1:{client_port}"
         data_dir = os.path.join(root, f"{label}.etcd")
-        self.argv = [*command, "--name", label, "--data-dir", data_dir,
-                     "--listen-client-urls", client, "--advertise-client-urls", client,
-                     "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                     "--initial-cluster", f"{label}={peer}"]
+        self.argv = [*command, *single_member_flags(label, data_dir, client_port, free_port())]
         self.log_path = os.path.join(root, f"{label}.log")
         with open(self.log_path, "wb") as log:
             # Own session: a Ctrl-C on the terminal reaches us, and we stop the server.

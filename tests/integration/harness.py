@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,15 +18,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ops.local import free_port, single_member_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ETCDCTL = shutil.which("etcdctl")
 ETCD = shutil.which("etcd")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
@@ -67,13 +62,8 @@ class Member:
         return f"http://127.0.0.1:{self.client_port}"
 
     def argv(self) -> list[str]:
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        flags = ["--name", self.name, "--data-dir", self.data_dir,
-                 "--listen-client-urls", self.client_url,
-                 "--advertise-client-urls", self.client_url,
-                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                 "--initial-cluster", f"{self.name}={peer}",
-                 "--initial-cluster-token", self.token, *self.extra]
+        flags = [*single_member_flags(self.name, self.data_dir, self.client_port,
+                                      self.peer_port, self.token), *self.extra]
         if self.real_etcd:
             return [ETCD, *flags]
         return [sys.executable, "-m", "etcdd", *flags]
