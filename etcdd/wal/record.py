@@ -44,6 +44,7 @@ class WALRecordError(Exception):
 
     def __init__(self, message: str, segment: int, offset: int) -> None:
         super().__init__(f"{message} (segment {segment}, offset {offset})")
+        self.reason = message
         self.segment = segment
         self.offset = offset
 
