@@ -31,6 +31,7 @@ CORES = (
     "etcdd/goflags.py",
     "etcdd/server/validate.py",
     "etcdd/server/apply.py",
+    "etcdd/peer/framing.py",
 )
 CORE_DIRS = ("etcdd/raft",)
 
