@@ -18,7 +18,6 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
 
 from etcdd.api.http import build_root, client_site
 from etcdd.api.kv import HeaderFiller, KVService
@@ -31,7 +30,12 @@ from etcdd.mvcc.store import KVStore
 from etcdd.server import membership
 from etcdd.server.disk import DiskExecutor, choose_cpu
 from etcdd.server.identity import DataDirError, load_or_create_identity
+from etcdd.server.bootstrap import BootstrapError, RaftState, open_raft
+from etcdd.server.cluster import ClusterState
+from etcdd.server.errors import NoLeaderError
 from etcdd.server.member import Identity, Member
+from etcdd.server.raftloop import RaftLoop
+from etcdd.peer.transport import PeerTransport
 
 
 class StartupError(Exception):
@@ -78,6 +82,10 @@ class MemberService(MultiService):
         self.store: KVStore | None = None
         self.member: Member | None = None
         self.disk: DiskExecutor | None = None
+        self.raft: RaftState | None = None
+        self.loop: RaftLoop | None = None
+        self.cluster: ClusterState | None = None
+        self.transport: PeerTransport | None = None
         self.exit_status = 0
 
     def startService(self) -> None:
@@ -100,6 +108,9 @@ class MemberService(MultiService):
                 raise StartupError(str(e)) from None
         members = membership.initial_members(c)
         cluster_id = membership.cluster_id([m.id for m in members])
+        if is_new and c.initial_cluster_state == "existing":
+            # TODO(etcdd): joining a running cluster after MemberAdd (issue 5).
+            raise StartupError("--initial-cluster-state=existing is not supported yet")
         own_id = membership.member_id(c.initial_advertise_peer_urls, c.initial_cluster_token)
         snap_dir = c.snap_path
         identity = load_or_create_identity(c.member_dir, name=c.name, member_id=own_id,
@@ -114,31 +125,68 @@ class MemberService(MultiService):
         except Exception as e:
             raise StartupError(f"cannot open the backend in {snap_dir}: {e}") from None
         self.store = KVStore(self.backend)
+        try:
+            self.raft = open_raft(c, identity.member_id, identity.cluster_id, members,
+                                  self.backend, self.store)
+        except BootstrapError as e:
+            raise StartupError(str(e)) from None
+        self.cluster = ClusterState(self.backend.dbs)
+        with self.backend.begin_read() as txn:
+            self.cluster.load(txn)
         self.disk = DiskExecutor(self._reactor, cpu=choose_cpu(os.environ))
         self.disk.start()
         self.member = Member(Identity(identity.cluster_id, identity.member_id, c.name),
-                             self.store, self.disk,
-                             self._reactor, max_request_bytes=c.max_request_bytes,
+                             self.store, self.cluster, self.disk, self._reactor,
+                             max_request_bytes=c.max_request_bytes,
+                             request_timeout_seconds=c.request_timeout_seconds,
+                             election_timeout_seconds=c.election_timeout_ms / 1000,
+                             client_urls=tuple(c.advertise_client_urls),
+                             applied_index=self.raft.snapshot_index,
                              on_fatal=self._fatal)
-        self.member.start_synchronously()
-        self._members = [membership.Member(identity.member_id, c.name,
-                                           tuple(c.initial_advertise_peer_urls),
-                                           tuple(c.advertise_client_urls), False)]
+        r = self.raft
+        self.loop = RaftLoop(r.node, r.storage, r.wal, r.snapshotter, self.store, self.disk,
+                             self._reactor, self.member,
+                             heartbeat_seconds=c.heartbeat_interval_ms / 1000,
+                             snapshot_count=c.snapshot_count, max_wals=c.max_wals,
+                             max_snapshots=c.max_snapshots, snapshot_index=r.snapshot_index,
+                             conf_state=r.conf_state, on_fatal=self.member.fatal)
+        self.member.loop = self.loop
+        self.transport = PeerTransport(self._reactor, identity.member_id, identity.cluster_id,
+                                       self.loop, c.snap_path,
+                                       max_frame_bytes=max(16 << 20,
+                                                           2 * c.max_request_bytes + (1 << 20)))
+        self.loop.transport = self.transport
         self._listen()
-        self._log.info("published {{Name:{name} ClientURLs:[{urls}]}} to cluster {cid:x}",
-                       name=c.name, urls=" ".join(c.advertise_client_urls),
-                       cid=identity.cluster_id)
+        self.transport.start()
+        for m in (self.cluster.sorted_members() or members):
+            if m.id != identity.member_id:
+                self.transport.add_peer(m.id, m.peer_urls)
+        # etcd --initial-election-tick-advance: do not wait a whole election timeout
+        # before the first campaign.
+        for _ in range(c.election_ticks - 1):
+            r.node.tick()
+        self.member.start()
+        self.loop.start()
+        self._log.info("{name} started ({state}), member {mid:x} of cluster {cid:x}",
+                       name=c.name, state="new" if r.is_new else "restarted",
+                       mid=identity.member_id, cid=identity.cluster_id)
         tune_gc()
         self._log.info("ready to serve client requests")
         sd_notify("READY=1")
 
     def _router(self) -> Router:
-        router = Router()
+        router = Router(guard=self._require_leader)
         header = HeaderFiller(self.member, self.store)
         KVService(self.member, header, self.config.max_txn_ops).register(router)
-        MaintenanceService(self.member, self.store, self.backend, header, self._members,
+        MaintenanceService(self.member, self.store, self.backend, header, self.cluster,
                            run_read=self._run_read).register(router)
         return router
+
+    def _require_leader(self, context: Any) -> None:
+        """etcd 3.4 v3rpc interceptor: a call with `hasleader: true` metadata is refused
+        with `no leader` while this member knows no leader."""
+        if context.metadata.get("hasleader") == "true" and not self.loop.lead:
+            raise NoLeaderError()
 
     def _run_read(self, fn: Any, *args: object) -> Deferred:
         """Run a long read-only LMDB scan in the reactor's thread pool (its own read txn)."""
@@ -157,12 +205,11 @@ class MemberService(MultiService):
             self._ports.append(self._listen_tcp(port, factory, host, "client"))
             self._log.info("serving insecure client requests on {host}:{port}",
                            host=host, port=port)
-        peer_root = Resource()
         for address in c.peer_listen_addresses:
             host, port = address.host, address.port
-            # TODO(etcdd): the peer protocol (issue 3); the port is held like etcd's.
-            self._ports.append(self._listen_tcp(port, client_site(peer_root, self._reactor),
+            self._ports.append(self._listen_tcp(port, self.transport.server_factory(),
                                                 host, "peer"))
+            self._log.info("listening for peers on {host}:{port}", host=host, port=port)
 
     def _listen_tcp(self, port: int, factory: Any, host: str, what: str) -> Any:
         from twisted.internet.error import CannotListenError
@@ -172,8 +219,11 @@ class MemberService(MultiService):
             raise StartupError(f"cannot listen for {what} traffic on {host}:{port}: "
                                f"{e.socketError}") from None
 
-    def _healthy(self) -> bool:
-        return self.member is not None and not self.member.stopped
+    def _healthy(self) -> "bool | Deferred":
+        """etcd /health: false without a leader or when a quorum read through raft fails."""
+        if self.member is None or self.loop is None:
+            return False
+        return self.member.check_health()
 
     def _fatal(self, failure: Failure) -> None:
         self.exit_status = 1
@@ -182,14 +232,25 @@ class MemberService(MultiService):
 
     def stopService(self) -> Deferred:
         super().stopService()
+        if self.member is None or self.member.stopped:
+            return self._stop_all()
+        d = self.member.transfer_leadership_on_stop()
+        return d.addBoth(lambda _: self._stop_all())
+
+    def _stop_all(self) -> Deferred:
+        if self.loop is not None:
+            self.loop.stop()
         if self.member is not None:
             self.member.stop()
+        transport_stopped = self.transport.stop() if self.transport is not None else None
         ports, factories = self._ports, self._factories
         self._ports, self._factories = [], []
         stopped = [port.stopListening() for port in ports]
         d = DeferredList([s if isinstance(s, Deferred) else succeed(s) for s in stopped])
         d.addCallback(lambda _: DeferredList([f.close_gracefully(timeout_seconds=2.0)
                                               for f in factories]))
+        if transport_stopped is not None:
+            d.addBoth(lambda _: transport_stopped)
         d.addBoth(lambda _: self._close_storage())
         return d
 
@@ -197,6 +258,9 @@ class MemberService(MultiService):
         if self.disk is not None:
             self.disk.stop()
             self.disk = None
+        if self.raft is not None:
+            self.raft.wal.close()
+            self.raft = None
         if self.backend is not None:
             self.backend.close()
             self.backend = None

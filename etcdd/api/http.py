@@ -15,11 +15,12 @@ Bodies, byte for byte, as etcd 3.4 sends them:
 from __future__ import annotations
 
 import json
-from typing import Callable
+from typing import Any, Callable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from etcdd.version import ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION
 
@@ -82,12 +83,25 @@ class RootResource(NotFoundResource):
 class HealthResource(EtcdResource):
     """`GET /health`: 200 when `is_healthy()` says so, else 503 (etcdhttp NewHealthHandler)."""
 
-    def __init__(self, is_healthy: Callable[[], bool]) -> None:
+    def __init__(self, is_healthy: Callable[[], "bool | Deferred[bool]"]) -> None:
         super().__init__()
         self._is_healthy = is_healthy
 
-    def render_GET(self, request: Request) -> bytes:
-        if self._is_healthy():
+    def render_GET(self, request: Request) -> Any:
+        healthy = self._is_healthy()
+        if not isinstance(healthy, Deferred):
+            return self._answer(request, healthy)
+
+        def answer(ok: bool) -> None:
+            if not request.finished and not getattr(request, "_disconnected", False):
+                request.write(self._answer(request, ok))
+                request.finish()
+        healthy.addErrback(lambda _: False).addCallback(answer)
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _answer(request: Request, healthy: bool) -> bytes:
+        if healthy:
             return _respond(request, 200, TEXT_PLAIN, _HEALTHY)
         return http_error(request, 503, _UNHEALTHY)
 
@@ -115,7 +129,7 @@ class ClientSite(Site):
         pass
 
 
-def build_root(health: Callable[[], bool]) -> RootResource:
+def build_root(health: Callable[[], "bool | Deferred[bool]"]) -> RootResource:
     """The resource tree of the client port's HTTP/1.1 side; `health()` decides /health."""
     root = RootResource()
     root.putChild(b"health", HealthResource(health))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
+
 from etcdd.api.router import CallContext, Router
 from etcdd.proto import rpc_pb2 as pb
 from etcdd.server import validate
@@ -37,6 +39,13 @@ class HeaderFiller:
         return resp
 
 
+def _then(result: Any, fn: Any) -> Any:
+    """`fn(result)`, now for a ready answer or later for a Deferred one."""
+    if isinstance(result, Deferred):
+        return result.addCallback(fn)
+    return fn(result)
+
+
 def _is_read_only(req: Any) -> bool:
     return all(op.WhichOneof("request") == "request_range"
                for op in (*req.success, *req.failure))
@@ -60,7 +69,7 @@ class KVService:
 
     def range(self, req: Any, context: CallContext) -> Any:
         validate.check_range(req)
-        return self._fill(self._member.range(req))
+        return _then(self._member.range(req), self._fill)
 
     def put(self, req: Any, context: CallContext) -> Any:
         validate.check_put(req)
@@ -74,7 +83,7 @@ class KVService:
         validate.check_txn(req, self._max_txn_ops)
         validate.check_txn_intervals(req)
         if _is_read_only(req):
-            return self._fill(self._member.read_txn(req))
+            return _then(self._member.read_txn(req), self._fill)
         return self._member.propose("txn", req).addCallback(self._fill)
 
     def compact(self, req: Any, context: CallContext) -> Any:

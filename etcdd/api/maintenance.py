@@ -2,7 +2,7 @@
 grpc.health.v1.
 
 Matches etcd 3.4 `etcdserver/api/v3rpc/maintenance.go` and `member.go`: Status, Hash,
-HashKV, Alarm (no alarms until quotas land, issue 5), MemberList.
+HashKV, MoveLeader, Alarm (no alarms until quotas land, issue 5), MemberList.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ class MaintenanceService:
         add("/etcdserverpb.Maintenance/Hash", pb.HashRequest, self.hash)
         add("/etcdserverpb.Maintenance/HashKV", pb.HashKVRequest, self.hash_kv)
         add("/etcdserverpb.Maintenance/Alarm", pb.AlarmRequest, self.alarm)
+        add("/etcdserverpb.Maintenance/MoveLeader", pb.MoveLeaderRequest, self.move_leader)
         add("/etcdserverpb.Cluster/MemberList", pb.MemberListRequest, self.member_list)
         add("/grpc.health.v1.Health/Check", health_pb2.HealthCheckRequest, self.health_check)
 
@@ -40,14 +41,21 @@ class MaintenanceService:
         resp = pb.StatusResponse(
             version=ETCD_SERVER_VERSION,
             dbSize=self._backend.size_bytes(),
-            leader=m.identity.member_id,
+            leader=m.leader,
             raftIndex=m.committed_index,
             raftTerm=m.term,
             raftAppliedIndex=m.applied_index,
             dbSizeInUse=self._backend.size_in_use_bytes(),
-            isLearner=False,
+            isLearner=m.is_learner,
         )
+        if not m.leader:
+            resp.errors.append("etcdserver: no leader")
         return self._header.fill(resp)
+
+    def move_leader(self, req: Any, context: CallContext) -> Any:
+        """etcd 3.4 `MoveLeader`: only the leader transfers; answers once the target leads."""
+        return self._member.move_leader(req.targetID).addCallback(
+            lambda _: self._header.fill(pb.MoveLeaderResponse()))
 
     def hash(self, req: Any, context: CallContext) -> Any:
         # NB: a full scan (~100 ms per 100k records): off the reactor, in a read thread.
@@ -68,7 +76,7 @@ class MaintenanceService:
 
     def member_list(self, req: Any, context: CallContext) -> Any:
         resp = pb.MemberListResponse()
-        for member in self._members:
+        for member in self._members.sorted_members():
             resp.members.add(ID=member.id, name=member.name, peerURLs=list(member.peer_urls),
                              clientURLs=list(member.client_urls), isLearner=member.is_learner)
         return self._header.fill_without_revision(resp)

@@ -76,16 +76,30 @@ class StreamMethod:
 class Router:
     """Path -> method. Built once at start; looked up per call."""
 
-    def __init__(self) -> None:
+    def __init__(self, guard: Callable[[CallContext], None] | None = None) -> None:
+        """`guard(context)` runs before every etcd handler (not grpc.health's) and may
+        raise to refuse the call, as etcd's v3rpc interceptors do."""
         self._methods: dict[str, UnaryMethod | StreamMethod] = {}
+        self._guard = guard
+
+    def _guarded(self, path: str, handler: Callable[..., Any],
+                 context_at: int) -> Callable[..., Any]:
+        guard = self._guard
+        if guard is None or path.startswith("/grpc."):
+            return handler
+
+        def guarded(*args: Any) -> Any:
+            guard(args[context_at])
+            return handler(*args)
+        return guarded
 
     def add_unary(self, path: str, request_type: type,
                   handler: Callable[[Any, CallContext], Any]) -> None:
-        self._methods[path] = UnaryMethod(request_type, handler)
+        self._methods[path] = UnaryMethod(request_type, self._guarded(path, handler, 1))
 
     def add_stream(self, path: str, request_type: type,
                    handler: Callable[[CallContext, IServerStream], IStreamHandler]) -> None:
-        self._methods[path] = StreamMethod(request_type, handler)
+        self._methods[path] = StreamMethod(request_type, self._guarded(path, handler, 0))
 
     def lookup(self, path: str) -> UnaryMethod | StreamMethod | None:
         """The method for `path`, or None (the transport answers UNIMPLEMENTED)."""

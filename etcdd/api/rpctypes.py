@@ -63,6 +63,18 @@ WIRE_ERRORS: dict[type[BaseException], tuple[Status, str]] = {
     server.StoppedError: (Status.UNAVAILABLE, "etcdserver: server stopped"),
     server.RequestTimeoutError: (Status.UNAVAILABLE, "etcdserver: request timed out"),
     server.NotCapableError: (Status.UNAVAILABLE, "etcdserver: not capable"),
+    server.LeaderChangedError: (Status.UNAVAILABLE, "etcdserver: leader changed"),
+    server.TimeoutDueToLeaderFailError: (
+        Status.UNAVAILABLE,
+        "etcdserver: request timed out, possibly due to previous leader failure"),
+    server.TimeoutDueToConnectionLostError: (
+        Status.UNAVAILABLE, "etcdserver: request timed out, possibly due to connection lost"),
+    server.BadLeaderTransfereeError: (Status.FAILED_PRECONDITION,
+                                      "etcdserver: bad leader transferee"),
+    # NB: etcd 3.4 leaves these two unmapped (togRPCError), so they travel as Unknown.
+    server.ProposalDroppedError: (Status.UNKNOWN, "raft proposal dropped"),
+    server.LeaderTransferTimeoutError: (
+        Status.UNKNOWN, "etcdserver: request timed out, leader transfer took too long"),
     mvcc.CompactedError: (Status.OUT_OF_RANGE,
                           "etcdserver: mvcc: required revision has been compacted"),
     mvcc.FutureRevError: (Status.OUT_OF_RANGE,

@@ -12,8 +12,10 @@ Shell. One environment, opened with `subdir=False`: `<path>` is the data file it
     lease, auth, authUsers, authRoles, members, members_removed, cluster, alarm
                (created empty for the rooms that fill them)
 
-Durability: `sync=True, metasync=True`, so a write transaction's commit has reached the
-disk (fdatasync) when it returns. Writes come from one thread only (the disk thread);
+Durability: the WAL is the durability point (issue 3): commits flush the data pages
+(`sync=True`) but not the meta page (`metasync=False`), so a system crash may undo the last
+commits, which the WAL replays (the consistent index says where to resume). `sync()`
+flushes everything, before WAL segments are released after a snapshot. Writes come from one thread only (the disk thread);
 reads run on any thread in their own read transactions (`lock=True`; py-lmdb opens with
 MDB_NOTLS, so a thread may hold read transactions beside its write transaction). LMDB
 readers never wait for the writer. `map_size` is only address space: the file grows
@@ -43,13 +45,13 @@ class Backend:
     Invariant: every name in `DB_NAMES` exists once the constructor returns."""
 
     def __init__(self, path: str, map_size: int = DEFAULT_MAP_SIZE,
-                 max_readers: int = 256) -> None:
+                 max_readers: int = 256, metasync: bool = False) -> None:
         self.path = path
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, mode=0o700, exist_ok=True)
         created = not os.path.exists(path)
         self.env = lmdb.open(path, subdir=False, map_size=map_size, max_dbs=32,
-                             max_readers=max_readers, sync=True, metasync=True, lock=True,
+                             max_readers=max_readers, sync=True, metasync=metasync, lock=True,
                              readahead=False)
         self.env.reader_check()   # free reader slots a crashed process left behind
         if self.env.max_key_size() < 511:
@@ -86,6 +88,50 @@ class Backend:
             for db in self.dbs.values():
                 pages += _pages(txn.stat(db))
         return pages * self.env.stat()["psize"]
+
+    def sync(self) -> None:
+        """Flush every committed page, the meta page included (disk thread)."""
+        self.env.sync(True)
+
+    def copy_to(self, path: str, meta_keys: tuple[bytes, ...] = ()) -> list[bytes | None]:
+        """Write a consistent, compacted copy of the environment to the new file `path`,
+        taken from one read transaction while writers go on (never a file copy of a live
+        environment); returns the `meta` values of `meta_keys` in that same transaction.
+        Runs off the reactor; O(data)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with self.env.begin() as txn:
+                values = [txn.get(k, db=self.dbs[b"meta"]) for k in meta_keys]
+                self.env.copyfd(fd, compact=True, txn=txn)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return values
+
+    def load_from(self, path: str) -> None:
+        """Replace every database's content with the content of the LMDB file `path` (a
+        snapshot from the leader), in one write transaction, then flush (disk thread only).
+        Readers see the old state or the new one, never a mix. Raises ValueError if
+        `path` is not an etcdd backend."""
+        source = lmdb.open(path, subdir=False, readonly=True, lock=False, max_dbs=32)
+        try:
+            with source.begin() as src:
+                sources = {}
+                for name in DB_NAMES:
+                    try:
+                        sources[name] = source.open_db(name, txn=src, create=False,
+                                                       dupsort=name in _DUPSORT)
+                    except lmdb.NotFoundError:
+                        raise ValueError(f"{path} has no {name.decode()} database") from None
+                with self.env.begin(write=True) as txn:
+                    for name, db in self.dbs.items():
+                        txn.drop(db, delete=False)
+                        items = src.cursor(sources[name]).iternext(keys=True, values=True)
+                        txn.cursor(db).putmulti(items, dupdata=name in _DUPSORT,
+                                                append=name not in _DUPSORT)
+        finally:
+            source.close()
+        self.sync()
 
     def close(self) -> None:
         """Close the environment; safe to call twice. No transaction may be open."""

@@ -279,6 +279,11 @@ class WriteBatch:
     def compact_revision(self) -> int:
         return self._compact_rev
 
+    @property
+    def raw_txn(self) -> Any:
+        """The LMDB write transaction, for the other rooms' databases (members, ...)."""
+        return self._txn
+
     def set_consistent_index(self, index: int, term: int) -> None:
         """Record the raft index and term of the last entry this batch applies."""
         self._put_meta(CONSISTENT_INDEX, _U64.pack(index))
@@ -454,6 +459,12 @@ class KVStore:
                         continue
                     h = crc32c.crc32c(v, crc32c.crc32c(k, h))
         return h
+
+    def copy_to(self, path: str) -> tuple[int, int]:
+        """A consistent copy of the backend in the new file `path` (`Backend.copy_to`);
+        returns the (consistent index, term) the copy holds. Off the reactor."""
+        index, term = self._backend.copy_to(path, (CONSISTENT_INDEX, TERM))
+        return _u64(index, 0), _u64(term, 0)
 
     # -- writes (disk thread) ----------------------------------------------------------
 

@@ -71,3 +71,27 @@ class RequestTimeoutError(ServerError):
 
 class NotCapableError(ServerError):
     """The cluster version is not decided yet."""
+
+
+class ProposalDroppedError(ServerError):
+    """Raft dropped the proposal (no leader, or a leader transfer is in progress)."""
+
+
+class LeaderChangedError(ServerError):
+    """The leader changed while a linearizable read waited for its ReadIndex."""
+
+
+class TimeoutDueToLeaderFailError(ServerError):
+    """Timed out around an election: the previous leader likely failed."""
+
+
+class TimeoutDueToConnectionLostError(ServerError):
+    """Timed out while the connection to the leader (or a quorum) was down."""
+
+
+class BadLeaderTransfereeError(ServerError):
+    """MoveLeader to a learner or a member that is not in the cluster."""
+
+
+class LeaderTransferTimeoutError(ServerError):
+    """MoveLeader did not complete within the request timeout."""

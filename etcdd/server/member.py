@@ -1,37 +1,54 @@
-"""The member: turns client requests into proposals, applies them in order, answers.
+"""The member: turns client requests into raft proposals, applies committed entries, answers.
 
-Shell. For a single member (before Raft, issue 3) a proposal is committed by applying it:
-every proposal that arrived during one reactor turn goes to the disk thread as one batch,
-applied in one LMDB write transaction with the consistent index, committed durably (one
-fsync), and only then answered. Reads are served on the reactor thread from LMDB read
-transactions, which see committed batches only, so an answered write is always visible.
+Shell. etcd 3.4 `etcdserver/v3_server.go` and `server.go`:
 
-Raft indexes and terms follow a real etcd 3.4.23 single member, as measured: a fresh
-member serves at term 2 with raft index 5 (ConfChange, the leader's empty entry, the
-member's attribute publish, the cluster version ...); each restart is a new term and
-four more entries. Every proposal takes one index, whether its apply succeeds or not.
+- A write becomes an `InternalRaftRequest` whose header carries a request ID unique to this
+  member; a Deferred waits for that ID. Every proposal of one reactor turn goes to raft as
+  one MsgProp (a follower's raft forwards it to the leader). Every member applies every
+  committed entry; the member that proposed an entry answers its client.
+- Committed entries are applied on the disk thread, all of a Ready in one LMDB write
+  transaction that also records the consistent index, so replaying the WAL after a crash
+  skips what is already applied (`entry.index <= consistent_index`).
+- A linearizable read waits for a ReadIndex round (one round serves every read that
+  arrived meanwhile), then for the applied index to reach it; a serializable read is
+  served at once from the local store.
+- Refusals as etcd: `too many requests` when committed runs 5000 ahead of applied,
+  `request is too large`, `raft proposal dropped` (no leader, leader transfer), and after
+  the request timeout (5 s + 2 x election timeout) `request timed out` or its
+  "previous leader failure" / "connection lost" variants; `leader changed` for a read whose
+  ReadIndex round was cut by an election.
+- After start the member publishes its name and client URLs through raft (etcd's v2
+  `PUT /0/members/<id>/attributes`), and the leader sets the cluster version once
+  (`PUT /0/version`), so raft indexes and terms follow etcd's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections import deque
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from etcdd.mvcc.errors import MVCCError
-from etcdd.proto import rpc_pb2 as pb
+from etcdd.proto import etcdserver_pb2, raft_internal_pb2, raft_pb2, rpc_pb2 as pb
+from etcdd.raft import ProposalDroppedError, StateType
+from etcdd.server import errors
 from etcdd.server.apply import Applier
+from etcdd.server.cluster import ClusterState
 from etcdd.server.errors import (RequestTooLargeError, ServerError, StoppedError,
                                  TooManyRequestsError)
+from etcdd.server.wait import AppliedWaiters, IDWaiters
 
 # etcd 3.4 etcdserver/server.go maxGapBetweenApplyAndCommitIndex
 MAX_PENDING_PROPOSALS = 5000
-# The InternalRaftRequest envelope around a request: tag, length and the header with its ID.
-_ENVELOPE_BYTES = 16
+CLUSTER_VERSION = "3.4.0"
+_V2_TAG = 0x08       # a v2 Request starts with its ID (field 1, varint); v3 never sets it
+_WRITE_KINDS = ("put", "delete_range", "txn", "compaction")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,32 +59,71 @@ class Identity:
     name: str
 
 
+@dataclass(slots=True)
+class AppliedBatch:
+    """What applying one Ready's committed entries did (built on the disk thread)."""
+    last_index: int
+    results: list[tuple[int, Any]] = field(default_factory=list)   # (request ID, answer)
+    conf_changes: list[raft_pb2.ConfChange] = field(default_factory=list)
+    compaction_scheduled: bool = False
+    members_changed: bool = False
+
+
+class RequestIDs:
+    """etcd 3.4 `pkg/idutil`: member ID's low 16 bits, then milliseconds and a counter."""
+
+    def __init__(self, member_id: int, now_seconds: float) -> None:
+        self._prefix = (member_id & 0xFFFF) << 48
+        self._suffix = (int(now_seconds * 1000) & 0xFFFFFFFFFF) << 8
+
+    def next(self) -> int:
+        self._suffix += 1
+        return self._prefix | (self._suffix & ((1 << 48) - 1))
+
+
 class Member:
-    """Invariants: `applied_index <= committed_index`; proposals are applied in the
-    order `propose()` was called; a Deferred from `propose()` fires only after its
-    batch is durable."""
+    """Invariants: `applied_index <= committed_index`; a Deferred from `propose()` fires
+    only after its entry is committed by a quorum and applied here."""
 
     _log = Logger()
 
-    def __init__(self, identity: Identity, store: Any, disk: Any, reactor: IReactorTime,
-                 max_request_bytes: int = 1572864,
+    def __init__(self, identity: Identity, store: Any, cluster: ClusterState, disk: Any,
+                 reactor: IReactorTime, max_request_bytes: int = 1572864,
+                 request_timeout_seconds: float = 7.0, election_timeout_seconds: float = 1.0,
+                 client_urls: tuple[str, ...] = (), applied_index: int = 0,
                  on_fatal: Callable[[Failure], None] | None = None) -> None:
         self.identity = identity
         self._store = store
+        self.cluster = cluster
         self._disk = disk
         self._reactor = reactor
         self._max_request_bytes = max_request_bytes
+        self._timeout = request_timeout_seconds
+        self._election_timeout = election_timeout_seconds
+        self._client_urls = client_urls
         self._on_fatal = on_fatal or (lambda failure: None)
         self._applier = Applier()
-        self._pending: list[tuple[Callable[[Any, Any], Any], Any, Deferred]] = []
+        self.loop: Any = None                       # the RaftLoop, attached by the service
+        self._ids = RequestIDs(identity.member_id, reactor.seconds())
+        self._waiters = IDWaiters()
+        self._deadlines: deque[tuple[float, int, float]] = deque()
+        self._applied = AppliedWaiters(applied_index)
+        self._consistent_index = store.consistent_index()   # disk thread's copy
+        self._pending: list[bytes] = []
+        self._pending_ids: list[int] = []
         self._flush_call: Any = None
-        self._in_flight = False
         self._stopped = False
+        self._fatal_seen = False
         self._compacting = False
         self._compaction_waiters: list[Deferred] = []
-        self.term = 0
-        self.applied_index = 0
-        self.committed_index = 0
+        self._read_waiters: list[Deferred] = []
+        self._read_round: tuple[bytes, list[Deferred], float] | None = None
+        self._read_seq = 0
+        self._lead_elected_at = 0.0
+        self._published = False
+        self._version_proposed = False
+        self._transfer_waiters: list[tuple[int, Deferred]] = []
+        self._sweeper: Any = None
         self._apply_kind: dict[str, Callable[[Any, Any], Any]] = {
             "put": partial(self._in_txn, self._checked_put),
             "delete_range": partial(self._in_txn, self._applier.delete_range),
@@ -75,113 +131,326 @@ class Member:
             "compaction": self._apply_compaction,
         }
 
-    # -- life ------------------------------------------------------------------------------
+    # -- state -----------------------------------------------------------------------------
 
-    def start_synchronously(self) -> None:
-        """Begin a new term, as a restarted etcd member elects itself: fresh store -> term 2,
-        index 5; each restart +1 term, +4 index (measured on etcd 3.4.23). Durable before the first request; runs
-        once, before the reactor serves anyone, so it may block."""
-        index, term = self._store.consistent_index(), self._store.term()
-        if index == 0:
-            term, index = 2, 5
-        else:
-            term, index = term + 1, index + 4
-        batch = self._store.write_batch()
-        batch.set_consistent_index(index, term)
-        batch.commit()
-        self.term = term
-        self.applied_index = self.committed_index = index
-        self._log.info("{name} became leader at term {term}; raft index {index}",
-                       name=self.identity.name, term=term, index=index)
-        if self._store.pending_compaction():
-            self._reactor.callLater(0, self._run_compaction)
+    @property
+    def term(self) -> int:
+        return self.loop.node.term
+
+    @property
+    def committed_index(self) -> int:
+        return self.loop.node.committed
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied.applied
+
+    @property
+    def leader(self) -> int:
+        return self.loop.lead
+
+    @property
+    def is_leader(self) -> bool:
+        return self.loop.is_leader
+
+    @property
+    def is_learner(self) -> bool:
+        m = self.cluster.members.get(self.identity.member_id)
+        return bool(m and m.is_learner)
 
     @property
     def stopped(self) -> bool:
         return self._stopped
 
+    def start(self) -> None:
+        """Begin serving: the sweeper times out requests; pending compaction resumes."""
+        self._sweeper = self._reactor.callLater(0.1, self._sweep)
+        if self._store.pending_compaction():
+            self._reactor.callLater(0, self._run_compaction)
+
     def stop(self) -> None:
-        """Refuse new proposals; queued ones still apply (the disk thread drains)."""
+        """Refuse new proposals and fail everyone still waiting with `server stopped`."""
         self._stopped = True
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self._fail_everyone(StoppedError())
+
+    def fatal(self, failure: Failure) -> None:
+        """A durability failure (WAL, fsync, LMDB commit): stop and tell the service once.
+        STYLE.md §6.4: never carry on after a failed write."""
+        if self._fatal_seen:
+            return
+        self._fatal_seen = True
+        self.stop()
+        self._on_fatal(failure)
+
+    def _fail_everyone(self, error: ServerError) -> None:
+        self._pending, self._pending_ids = [], []
+        self._waiters.fail_all(error)
+        self._applied.fail_all(error)
+        reads, self._read_waiters = self._read_waiters, []
+        if self._read_round is not None:
+            reads += self._read_round[1]
+            self._read_round = None
+        for d in reads:
+            d.errback(Failure(error))
+        waiters, self._compaction_waiters = self._compaction_waiters, []
+        waiters += [d for _, d in self._transfer_waiters]
+        self._transfer_waiters = []
+        for d in waiters:
+            d.errback(Failure(error))
 
     # -- proposals -------------------------------------------------------------------------
 
     def propose(self, kind: str, request: Any) -> Deferred:
-        """Queue `request` for the next batch; the Deferred fires with its response.
+        """Propose a v3 write; the Deferred fires with its response once applied here.
 
         Raises (as a failed Deferred) StoppedError, TooManyRequestsError,
-        RequestTooLargeError."""
+        RequestTooLargeError, ProposalDroppedError, RequestTimeoutError (and variants)."""
         if self._stopped:
             return fail(StoppedError())
-        if request.ByteSize() + _ENVELOPE_BYTES > self._max_request_bytes:
-            return fail(RequestTooLargeError())
-        if len(self._pending) >= MAX_PENDING_PROPOSALS:
+        if (self.loop.node.committed > self._applied.applied + MAX_PENDING_PROPOSALS
+                or len(self._pending) >= MAX_PENDING_PROPOSALS):
             return fail(TooManyRequestsError())
-        d: Deferred = Deferred()
-        self._pending.append((self._apply_kind[kind], request, d))
-        self._schedule_flush()
+        request_id = self._ids.next()
+        ir = raft_internal_pb2.InternalRaftRequest(**{kind: request})
+        ir.header.ID = request_id
+        data = ir.SerializeToString()
+        if len(data) > self._max_request_bytes:
+            return fail(RequestTooLargeError())
+        return self._propose_data(request_id, data)
+
+    def _propose_data(self, request_id: int, data: bytes) -> Deferred:
+        d = self._waiters.register(request_id)
+        now = self._reactor.seconds()
+        self._deadlines.append((now + self._timeout, request_id, now))
+        self._pending.append(data)
+        self._pending_ids.append(request_id)
+        if self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
         return d
 
-    def _schedule_flush(self) -> None:
-        if self._flush_call is None and not self._in_flight:
-            self._flush_call = self._reactor.callLater(0, self._flush)
-
     def _flush(self) -> None:
+        """Hand this turn's proposals to raft as one MsgProp. Without a leader they wait
+        (etcd 3.4's raft node stops taking proposals then) until one is elected or their
+        request times out."""
         self._flush_call = None
-        if self._in_flight or not self._pending:
+        if not self.loop.lead:
             return
-        batch_items, self._pending = self._pending, []
-        self._in_flight = True
-        first_index = self.committed_index + 1
-        self.committed_index += len(batch_items)
-        work = [(fn, req) for fn, req, _ in batch_items]
-        d = self._disk.submit(self._apply_batch, work, first_index, self.term)
-        d.addCallbacks(self._batch_applied, self._batch_failed,
-                       callbackArgs=(batch_items,), errbackArgs=(batch_items,))
-
-    def _apply_batch(self, work: list, first_index: int, term: int) -> list:
-        """Disk thread: apply every request of the batch in one LMDB transaction."""
-        batch = self._store.write_batch()
-        results: list = []
+        waiting = self._waiters
+        pairs = [(i, d) for i, d in zip(self._pending_ids, self._pending) if i in waiting]
+        self._pending, self._pending_ids = [], []
+        if not pairs:
+            return
         try:
-            for fn, req in work:
-                try:
-                    results.append(fn(batch, req))
-                except (ServerError, MVCCError) as e:
-                    results.append(e)
-            batch.set_consistent_index(first_index + len(work) - 1, term)
+            self.loop.propose([d for _, d in pairs])
+        except ProposalDroppedError as e:
+            for request_id, _ in pairs:
+                waiting.trigger(request_id, errors.ProposalDroppedError(str(e)))
+
+    def _sweep(self) -> None:
+        """Every 100 ms: time out proposals and read rounds past the request timeout."""
+        now = self._reactor.seconds()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, request_id, started = deadlines.popleft()
+            if request_id in self._waiters:
+                self._waiters.trigger(request_id, self._timeout_error(started))
+        if self._read_round is not None and self._read_round[2] <= now:
+            _, waiters, _ = self._read_round
+            self._read_round = None
+            self._log.warn("timed out waiting for read index response")
+            for d in waiters:
+                d.errback(Failure(errors.RequestTimeoutError()))
+            self._start_read_round()
+        self._sweeper = self._reactor.callLater(0.1, self._sweep)
+
+    def _timeout_error(self, started: float) -> ServerError:
+        """etcd 3.4 `parseProposeCtxErr`: which `request timed out` this is."""
+        elected = self._lead_elected_at
+        if elected - 2 * self._election_timeout < started < elected:
+            return errors.TimeoutDueToLeaderFailError()
+        transport = self.loop.transport
+        lead = self.loop.lead
+        if transport is not None and lead == self.identity.member_id:
+            active = 1 + sum(1 for m in self.cluster.members
+                             if m != lead and _active_since(transport, m, started))
+            if active * 2 <= len(self.cluster.members):
+                return errors.TimeoutDueToConnectionLostError()
+        elif transport is not None and lead and not _active_since(transport, lead, started):
+            return errors.TimeoutDueToConnectionLostError()
+        return errors.RequestTimeoutError()
+
+    def check_health(self) -> "Deferred[bool]":
+        """etcd 3.4 /health: a leader is known and a v2 QGET goes through raft (taking an
+        index, as etcd's does) within one second."""
+        if self._stopped or not self.loop.lead:
+            return succeed(False)
+        request_id = self._ids.next()
+        data = etcdserver_pb2.Request(ID=request_id, Method="QGET").SerializeToString()
+        d = self._propose_data(request_id, data)
+        call = self._reactor.callLater(
+            1.0, self._waiters.trigger, request_id, errors.RequestTimeoutError())
+        d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+        return d.addCallbacks(lambda _: True, lambda _: False)
+
+    # -- publish and cluster version (etcd 3.4 server.go publish, monitorVersions) --------
+
+    def _publish(self) -> None:
+        if self._published or self._stopped:
+            return
+        attrs = json.dumps({"name": self.identity.name, "clientURLs": list(self._client_urls)},
+                           separators=(",", ":"))
+        self._propose_v2(f"/0/members/{self.identity.member_id:x}/attributes", attrs,
+                         self._published_ok, self._publish_failed)
+
+    def _published_ok(self, _: Any) -> None:
+        self._published = True
+        self._log.info("published {{Name:{name} ClientURLs:[{urls}]}} to cluster {cid:x}",
+                       name=self.identity.name, urls=" ".join(self._client_urls),
+                       cid=self.identity.cluster_id)
+
+    def _publish_failed(self, failure: Failure) -> None:
+        if not self._stopped:
+            self._log.info("publish failed, retrying: {e}", e=failure.getErrorMessage())
+            self._reactor.callLater(0.5, self._publish)
+
+    def _maybe_set_version(self) -> None:
+        if self._version_proposed or self.cluster.version or not self.loop.is_leader:
+            return
+        self._version_proposed = True
+        self._log.info("setting up the initial cluster version to {v}", v="3.4")
+
+        def failed(failure: Failure) -> None:
+            self._version_proposed = False
+        self._propose_v2("/0/version", CLUSTER_VERSION, lambda _: None, failed)
+
+    def _propose_v2(self, path: str, value: str, ok: Callable, failed: Callable) -> None:
+        request_id = self._ids.next()
+        data = etcdserver_pb2.Request(ID=request_id, Method="PUT", Path=path,
+                                      Val=value).SerializeToString()
+        self._propose_data(request_id, data).addCallbacks(ok, failed)
+
+    # -- raft host: reactor side -----------------------------------------------------------
+
+    def soft_state_changed(self, lead: int, state: StateType) -> None:
+        if lead:
+            self._lead_elected_at = self._reactor.seconds()
+            self._log.info("{me:x} elected leader {lead:x} at term {term}",
+                           me=self.identity.member_id, lead=lead, term=self.term)
+            if self._read_round is not None:
+                # etcd linearizableReadLoop: a leader change fails the round in flight.
+                _, waiters, _ = self._read_round
+                self._read_round = None
+                for d in waiters:
+                    d.errback(Failure(errors.LeaderChangedError()))
+            self._publish()
+            self._start_read_round()
+            if self._pending and self._flush_call is None:
+                self._flush_call = self._reactor.callLater(0, self._flush)
+        else:
+            self._log.info("{me:x} lost leader; raft.node has no leader at term {term}",
+                           me=self.identity.member_id, term=self.term)
+        for target, d in list(self._transfer_waiters):
+            if lead == target:
+                self._transfer_waiters.remove((target, d))
+                d.callback(None)
+
+    def read_states(self, states: list) -> None:
+        if self._read_round is None:
+            return
+        ctx, waiters, _ = self._read_round
+        for rs in states:
+            if rs.request_ctx == ctx:
+                self._read_round = None
+                self._applied.wait(rs.index).addBoth(partial(_fire_all, waiters))
+                self._start_read_round()
+                return
+
+    def entries_applied(self, batch: AppliedBatch) -> None:
+        self._applied.applied_to(batch.last_index)
+        trigger = self._waiters.trigger
+        for request_id, result in batch.results:
+            trigger(request_id, result)
+        if batch.compaction_scheduled:
+            self._run_compaction()
+        self._maybe_set_version()
+
+    def conf_changed(self, conf_state: Any) -> None:
+        transport = self.loop.transport
+        if transport is None:
+            return
+        me = self.identity.member_id
+        for member in self.cluster.sorted_members():
+            if member.id != me:
+                transport.add_peer(member.id, member.peer_urls)
+        for mid in self.cluster.removed:
+            transport.remove_peer(mid)
+
+    def snapshot_installed(self, snapshot: raft_pb2.Snapshot) -> None:
+        index = snapshot.metadata.index
+        self._applied.applied_to(index)
+        self._log.info("finished applying incoming snapshot at index {index}", index=index)
+        if self._store.pending_compaction():
+            self._run_compaction()
+
+    # -- raft host: disk thread ------------------------------------------------------------
+
+    def install_snapshot(self, snapshot: raft_pb2.Snapshot, db_path: str) -> None:
+        """Disk thread: replace the backend's content with the leader's snapshot."""
+        self._log.info("applying snapshot at index {index}...", index=snapshot.metadata.index)
+        self._store.backend.load_from(db_path)
+        with self._store.backend.begin_read() as txn:
+            self.cluster.load(txn)
+        self._consistent_index = self._store.consistent_index()
+
+    def apply_entries(self, entries: list) -> AppliedBatch:
+        """Disk thread: apply committed entries in one LMDB transaction."""
+        batch = self._store.write_batch()
+        out = AppliedBatch(last_index=entries[-1].Index)
+        ci = self._consistent_index
+        try:
+            for e in entries:
+                if e.Type == raft_pb2.EntryConfChange:
+                    cc = raft_pb2.ConfChange.FromString(e.Data)
+                    out.conf_changes.append(cc)
+                    if e.Index > ci:
+                        self.cluster.apply_conf_change(batch.raw_txn, cc)
+                        out.members_changed = True
+                elif e.Index > ci and e.Data:
+                    self._apply_normal(batch, e.Data, out)
+            last = entries[-1]
+            if last.Index > ci:
+                batch.set_consistent_index(last.Index, last.Term)
+                self._consistent_index = last.Index
             batch.commit()
         except BaseException:
             batch.abort()
             raise
-        return results
+        return out
 
-    def _batch_applied(self, results: list, batch_items: list) -> None:
-        self._in_flight = False
-        self.applied_index += len(batch_items)
-        for (_, _, d), result in zip(batch_items, results):
-            if isinstance(result, BaseException):
-                d.errback(Failure(result))
-            else:
-                d.callback(result)
-        if self._pending:
-            self._flush()
-
-    def _batch_failed(self, failure: Failure, batch_items: list) -> None:
-        # STYLE.md §6.4: a failed commit is a durability failure: stop, never carry on.
-        self._log.critical("applying a batch failed; stopping: {f}", f=failure.getTraceback())
-        self._stopped = True
-        for _, _, d in batch_items:
-            d.errback(Failure(StoppedError()))
-        for _, _, d in self._pending:
-            d.errback(Failure(StoppedError()))
-        self._pending = []
-        waiters, self._compaction_waiters = self._compaction_waiters, []
-        for w in waiters:
-            w.errback(Failure(StoppedError()))
-        self._on_fatal(failure)
-
-    # -- appliers (disk thread) ------------------------------------------------------------
+    def _apply_normal(self, batch: Any, data: bytes, out: AppliedBatch) -> None:
+        if data[0] == _V2_TAG:
+            r = etcdserver_pb2.Request.FromString(data)
+            self.cluster.apply_v2(batch.raw_txn, r.Method, r.Path, r.Val)
+            out.members_changed = True
+            out.results.append((r.ID, None))
+            return
+        ir = raft_internal_pb2.InternalRaftRequest.FromString(data)
+        for kind in _WRITE_KINDS:
+            if ir.HasField(kind):
+                try:
+                    result = self._apply_kind[kind](batch, getattr(ir, kind))
+                except (ServerError, MVCCError) as e:
+                    result = e
+                if kind == "compaction" and not isinstance(result, BaseException):
+                    out.compaction_scheduled = True
+                out.results.append((ir.header.ID, result))
+                return
+        out.results.append((ir.header.ID, None))
 
     def _in_txn(self, apply: Callable[[Any, Any], Any], batch: Any, req: Any) -> Any:
         """Apply one request as one etcd txn of the batch (ended even when refused)."""
@@ -204,22 +473,22 @@ class Member:
     # -- compaction ------------------------------------------------------------------------
 
     def compact(self, req: Any) -> Deferred:
-        """Schedule a compaction through the proposal path; with `physical`, answer only
-        once the superseded revisions are gone from the disk."""
+        """Schedule a compaction through raft; with `physical`, answer only once the
+        superseded revisions are gone from this member's disk."""
         d = self.propose("compaction", req)
 
         def scheduled(resp: Any) -> Any:
-            self._run_compaction()
-            if not req.physical or not self._compacting:
+            if not req.physical or not (self._compacting or self._store.pending_compaction()):
                 return resp
             waiter: Deferred = Deferred()
             self._compaction_waiters.append(waiter)
+            self._run_compaction()
             return waiter.addCallback(lambda _: resp)
 
         return d.addCallback(scheduled)
 
     def _run_compaction(self) -> None:
-        if self._compacting:
+        if self._compacting or self._stopped:
             return
         self._compacting = True
 
@@ -239,15 +508,110 @@ class Member:
 
         def failed(failure: Failure) -> None:
             self._compacting = False
-            self._batch_failed(failure, [])
+            self._log.critical("compaction failed; stopping: {f}", f=failure.getTraceback())
+            self.fatal(failure)
 
         next_step()
 
-    # -- reads (reactor thread) ------------------------------------------------------------
+    # -- reads -----------------------------------------------------------------------------
+
+    def linearizable_barrier(self) -> Deferred:
+        """Fires once this member has applied everything committed when it was called
+        (a ReadIndex round confirmed by a quorum). etcd `linearizableReadNotify`."""
+        if self._stopped:
+            return fail(StoppedError())
+        d: Deferred = Deferred()
+        self._read_waiters.append(d)
+        if self._read_round is None:
+            self._reactor.callLater(0, self._start_read_round)
+        return d
+
+    def _start_read_round(self) -> None:
+        if self._read_round is not None or not self._read_waiters or self._stopped:
+            return
+        self._read_seq += 1
+        ctx = self._read_seq.to_bytes(8, "big")
+        waiters, self._read_waiters = self._read_waiters, []
+        self._read_round = (ctx, waiters, self._reactor.seconds() + self._timeout)
+        self.loop.read_index(ctx)
 
     def range(self, req: Any) -> Any:
-        return self._applier.range(self._store, req)
+        """A Range: answered now when serializable, else after a ReadIndex round."""
+        if req.serializable:
+            return self._applier.range(self._store, req)
+        return self.linearizable_barrier().addCallback(
+            lambda _: self._applier.range(self._store, req))
 
     def read_txn(self, req: Any) -> Any:
-        with self._store.read() as view:
-            return self._applier.txn(view, req, is_write=False)
+        def read(_: Any = None) -> Any:
+            with self._store.read() as view:
+                return self._applier.txn(view, req, is_write=False)
+        if all(op.request_range.serializable for op in (*req.success, *req.failure)):
+            return read()
+        return self.linearizable_barrier().addCallback(read)
+
+    # -- leadership ------------------------------------------------------------------------
+
+    def transfer_leadership_on_stop(self) -> Deferred:
+        """etcd 3.4 `TransferLeadership` on a graceful stop: a leader with other voters
+        hands leadership to the longest-connected one first; always fires with None."""
+        me = self.identity.member_id
+        transport = self.loop.transport
+        voters = [m.id for m in self.cluster.members.values()
+                  if m.id != me and not m.is_learner]
+        if not self.loop.is_leader or not voters or transport is None:
+            return succeed(None)
+        target = _longest_connected(transport, voters)
+        if target is None:
+            return succeed(None)
+        self._log.info("leadership transfer to {target:x} before stopping", target=target)
+
+        def failed(failure: Failure) -> None:
+            self._log.warn("leadership transfer failed: {e}", e=failure.getErrorMessage())
+        return self.move_leader(target).addErrback(failed)
+
+    def move_leader(self, target: int) -> Deferred:
+        """Transfer leadership to `target` (etcd `MoveLeader`); fires once it leads.
+
+        Raises NotLeaderError here on a follower, BadLeaderTransfereeError for a
+        learner or unknown member, LeaderTransferTimeoutError after the timeout."""
+        if not self.loop.is_leader:
+            return fail(errors.NotLeaderError())
+        m = self.cluster.members.get(target)
+        if m is None or m.is_learner:
+            return fail(errors.BadLeaderTransfereeError())
+        if target == self.identity.member_id:
+            d0: Deferred = Deferred()
+            d0.callback(None)
+            return d0
+        d: Deferred = Deferred()
+        entry = (target, d)
+        self._transfer_waiters.append(entry)
+
+        def timed_out() -> None:
+            if entry in self._transfer_waiters:
+                self._transfer_waiters.remove(entry)
+                d.errback(Failure(errors.LeaderTransferTimeoutError()))
+        call = self._reactor.callLater(self._timeout, timed_out)
+        d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+        self.loop.transfer_leader(target)
+        return d
+
+
+def _longest_connected(transport: Any, ids: list[int]) -> int | None:
+    since = [(transport.active_since(i), i) for i in ids]
+    active = [(t, i) for t, i in since if t is not None]
+    return min(active)[1] if active else None
+
+
+def _fire_all(waiters: list[Deferred], result: Any) -> None:
+    for w in waiters:
+        if isinstance(result, Failure):
+            w.errback(result)
+        else:
+            w.callback(result)
+
+
+def _active_since(transport: Any, member_id: int, started: float) -> bool:
+    since = transport.active_since(member_id)
+    return since is not None and since <= started

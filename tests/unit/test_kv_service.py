@@ -6,19 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from etcdd.api.kv import HeaderFiller, KVService
 from etcdd.api.router import CallContext, Router, UnaryMethod
 from etcdd.proto import rpc_pb2 as pb
-from etcdd.server.disk import SynchronousExecutor
 from etcdd.server.errors import (DuplicateKeyError, EmptyKeyError, KeyNotFoundError,
                                  LeaseProvidedError, TooManyOpsError, ValueProvidedError)
-from etcdd.server.member import Identity, Member
+from tests.unit.members import IDENTITY, SingleMember
 from tests.unit.stores import open_store
 
-CLUSTER_ID, MEMBER_ID = 0xCDF818194E3A8C32, 0x8E9E05C52164694D
+CLUSTER_ID, MEMBER_ID = IDENTITY.cluster_id, IDENTITY.member_id
 CTX = CallContext(path="/etcdserverpb.KV/Txn")
 
 
@@ -34,16 +32,18 @@ class KVServiceTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.store = open_store(self)
-        self.clock = Clock()
-        self.member = Member(Identity(CLUSTER_ID, MEMBER_ID, "m1"), self.store,
-                             SynchronousExecutor(), self.clock)
-        self.member.start_synchronously()
+        self.single = SingleMember(self, self.store).start()
+        self.clock = self.single.clock
+        self.member = self.single.member
         self.kv = KVService(self.member, HeaderFiller(self.member, self.store), max_txn_ops=4)
 
-    def answer(self, d: Deferred) -> Any:
-        """Let the member apply this turn's proposals and return the Deferred's result."""
+    def answer(self, d: Any) -> Any:
+        """Let the member apply this turn's proposals (or finish its ReadIndex round) and
+        return the answer."""
+        if not isinstance(d, Deferred):
+            return d
         self.assertNoResult(d)
-        self.clock.advance(0)
+        self.single.settle()
         return self.successResultOf(d)
 
     def put(self, key: bytes, value: bytes = b"v") -> Any:
@@ -54,8 +54,8 @@ class KVServiceTests(SynchronousTestCase):
             cluster_id=CLUSTER_ID, member_id=MEMBER_ID, raft_term=2, revision=revision))
 
     def assert_nothing_proposed(self) -> None:
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertEqual(self.member.committed_index, 5)
+        self.single.settle()
+        self.assertEqual(self.member.committed_index, 4)
 
     def test_register_routes_the_five_kv_methods(self) -> None:
         """register() adds etcd's five KV paths as unary methods with their request types."""
@@ -73,20 +73,24 @@ class KVServiceTests(SynchronousTestCase):
     def test_put_header(self) -> None:
         """A put is answered after its batch with cluster, member, term and its revision."""
         self.assert_header(self.put(b"foo"), 2)
-        self.assertEqual(self.member.committed_index, 6)
+        self.assertEqual(self.member.committed_index, 5)
 
     def test_range_header(self) -> None:
-        """A range is answered at once with the full header and the current revision."""
+        """A range is answered with the full header and the current revision (a
+        serializable one at once, a linearizable one after its ReadIndex round)."""
         self.put(b"foo")
-        resp = self.kv.range(pb.RangeRequest(key=b"foo"), CTX)
+        resp = self.answer(self.kv.range(pb.RangeRequest(key=b"foo"), CTX))
         self.assert_header(resp, 2)
         self.assertEqual(resp.kvs[0].key, b"foo")
-        self.assert_header(self.kv.range(pb.RangeRequest(key=b"nope"), CTX), 2)
-        self.assertEqual(self.member.committed_index, 6)
+        self.assert_header(self.answer(self.kv.range(pb.RangeRequest(key=b"nope"), CTX)), 2)
+        local = self.kv.range(pb.RangeRequest(key=b"foo", serializable=True), CTX)
+        self.assertNotIsInstance(local, Deferred)
+        self.assert_header(local, 2)
+        self.assertEqual(self.member.committed_index, 5)
 
     def test_header_on_a_fresh_store(self) -> None:
         """Before any write the header revision is the fresh store's revision 1."""
-        self.assert_header(self.kv.range(pb.RangeRequest(key=b"foo"), CTX), 1)
+        self.assert_header(self.answer(self.kv.range(pb.RangeRequest(key=b"foo"), CTX)), 1)
         resp = self.answer(self.kv.delete_range(pb.DeleteRangeRequest(key=b"foo"), CTX))
         self.assert_header(resp, 1)
         self.assertEqual(resp.deleted, 0)
@@ -102,21 +106,20 @@ class KVServiceTests(SynchronousTestCase):
         """A txn with a write is proposed and answered with its new revision."""
         resp = self.answer(self.kv.txn(pb.TxnRequest(success=[put_op(b"a")]), CTX))
         self.assert_header(resp, 2)
-        self.assertEqual(self.member.committed_index, 6)
+        self.assertEqual(self.member.committed_index, 5)
 
     def test_read_only_txn_is_served_without_a_proposal(self) -> None:
-        """A txn of ranges only is answered at once from the store, taking no index."""
+        """A txn of ranges only is answered from the store after a ReadIndex round,
+        taking no index."""
         self.put(b"foo", b"bar")
         req = pb.TxnRequest(compare=[pb.Compare(key=b"foo", target=pb.Compare.VALUE,
                                                 result=pb.Compare.EQUAL, value=b"bar")],
                             success=[range_op(b"foo")], failure=[range_op(b"nope")])
-        resp = self.kv.txn(req, CTX)
-        self.assertNotIsInstance(resp, Deferred)
+        resp = self.answer(self.kv.txn(req, CTX))
         self.assert_header(resp, 2)
         self.assertTrue(resp.succeeded)
         self.assertEqual(resp.responses[0].response_range.kvs[0].value, b"bar")
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertEqual(self.member.committed_index, 6)
+        self.assertEqual(self.member.committed_index, 5)
 
     def test_txn_with_a_nested_txn_is_not_read_only(self) -> None:
         """A txn holding a nested txn is proposed even if it only reads, as etcd's
@@ -125,7 +128,7 @@ class KVServiceTests(SynchronousTestCase):
             success=[range_op(b"foo")]))])
         d = self.kv.txn(req, CTX)
         self.assert_header(self.answer(d), 1)
-        self.assertEqual(self.member.committed_index, 6)
+        self.assertEqual(self.member.committed_index, 5)
 
     def test_compact_header(self) -> None:
         """A compaction is answered with the full header and the current revision."""
@@ -168,6 +171,6 @@ class KVServiceTests(SynchronousTestCase):
     def test_apply_refusal_fails_the_call(self) -> None:
         """A request that passes validation but is refused when applied fails its call."""
         d = self.kv.put(pb.PutRequest(key=b"missing", ignore_value=True), CTX)
-        self.clock.advance(0)
+        self.single.settle()
         self.failureResultOf(d, KeyNotFoundError)
-        self.assertEqual(self.member.committed_index, 6)
+        self.assertEqual(self.member.committed_index, 5)
