@@ -1,7 +1,7 @@
 """Members on this machine's loopback: free ports and the flags of a one-member cluster.
 
-Shared by the benchmark, the restart benchmark and the integration tests' harness; the
-place where `etcdd-ops cluster up` (a local N-member cluster) will live.
+Shared by the benchmark, the restart benchmark, the integration tests' harness and
+`ops.cluster` (the local N-member cluster behind `etcdd-ops cluster up`).
 """
 from __future__ import annotations
 
@@ -23,3 +23,19 @@ def single_member_flags(name: str, data_dir: str, client_port: int, peer_port: i
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"{name}={peer}", "--initial-cluster-token", token]
+
+
+def cluster_flags(name: str, data_dir: str, client_port: int, peer_port: int,
+                  initial_cluster: str, token: str = "etcd-cluster",
+                  state: str = "new") -> list[str]:
+    """etcd's static-bootstrap flags (etcd and etcdd alike) for one member on 127.0.0.1.
+
+    `initial_cluster` is etcd's ``--initial-cluster`` value, every member's
+    ``name=peer-url`` joined by commas, e.g. ``a=http://127.0.0.1:5001,b=http://...``.
+    """
+    client, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    return ["--name", name, "--data-dir", data_dir,
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", initial_cluster, "--initial-cluster-token", token,
+            "--initial-cluster-state", state]
