@@ -73,6 +73,7 @@ WIRE_ERRORS: dict[type[BaseException], tuple[Status, str]] = {
                                       "etcdserver: bad leader transferee"),
     # NB: etcd 3.4 leaves these two unmapped (togRPCError), so they travel as Unknown.
     server.ProposalDroppedError: (Status.UNKNOWN, "raft proposal dropped"),
+    server.ProposalDeadlineError: (Status.UNKNOWN, "context deadline exceeded"),
     server.LeaderTransferTimeoutError: (
         Status.UNKNOWN, "etcdserver: request timed out, leader transfer took too long"),
     mvcc.CompactedError: (Status.OUT_OF_RANGE,

@@ -95,3 +95,7 @@ class BadLeaderTransfereeError(ServerError):
 
 class LeaderTransferTimeoutError(ServerError):
     """MoveLeader did not complete within the request timeout."""
+
+
+class ProposalDeadlineError(ServerError):
+    """A proposal that raft never took (no leader) outlived the request timeout."""

@@ -63,6 +63,7 @@ class Identity:
 class AppliedBatch:
     """What applying one Ready's committed entries did (built on the disk thread)."""
     last_index: int
+    last_term: int = 0
     results: list[tuple[int, Any]] = field(default_factory=list)   # (request ID, answer)
     conf_changes: list[raft_pb2.ConfChange] = field(default_factory=list)
     compaction_scheduled: bool = False
@@ -108,6 +109,8 @@ class Member:
         self._waiters = IDWaiters()
         self._deadlines: deque[tuple[float, int, float]] = deque()
         self._applied = AppliedWaiters(applied_index)
+        self._applied_term = store.term()
+        self._queued: set[int] = set()      # proposals raft has not taken yet
         self._consistent_index = store.consistent_index()   # disk thread's copy
         self._pending: list[bytes] = []
         self._pending_ids: list[int] = []
@@ -135,7 +138,10 @@ class Member:
 
     @property
     def term(self) -> int:
-        return self.loop.node.term
+        """The term of the last applied entry, which etcd 3.4 reports as the raft term
+        (`EtcdServer.Term()`, set in `apply`); it moves only once a new leader's first
+        entry is applied."""
+        return self._applied_term
 
     @property
     def committed_index(self) -> int:
@@ -189,6 +195,7 @@ class Member:
 
     def _fail_everyone(self, error: ServerError) -> None:
         self._pending, self._pending_ids = [], []
+        self._queued.clear()
         self._waiters.fail_all(error)
         self._applied.fail_all(error)
         reads, self._read_waiters = self._read_waiters, []
@@ -229,6 +236,7 @@ class Member:
         self._deadlines.append((now + self._timeout, request_id, now))
         self._pending.append(data)
         self._pending_ids.append(request_id)
+        self._queued.add(request_id)
         if self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self._flush)
         return d
@@ -243,6 +251,7 @@ class Member:
         waiting = self._waiters
         pairs = [(i, d) for i, d in zip(self._pending_ids, self._pending) if i in waiting]
         self._pending, self._pending_ids = [], []
+        self._queued.clear()
         if not pairs:
             return
         try:
@@ -257,7 +266,12 @@ class Member:
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, request_id, started = deadlines.popleft()
-            if request_id in self._waiters:
+            if request_id in self._queued:
+                # etcd 3.4: raft took no proposal (no leader) before the request's
+                # context expired; the bare context error reaches the client.
+                self._queued.discard(request_id)
+                self._waiters.trigger(request_id, errors.ProposalDeadlineError())
+            elif request_id in self._waiters:
                 self._waiters.trigger(request_id, self._timeout_error(started))
         if self._read_round is not None and self._read_round[2] <= now:
             _, waiters, _ = self._read_round
@@ -372,6 +386,7 @@ class Member:
 
     def entries_applied(self, batch: AppliedBatch) -> None:
         self._applied.applied_to(batch.last_index)
+        self._applied_term = batch.last_term
         trigger = self._waiters.trigger
         for request_id, result in batch.results:
             trigger(request_id, result)
@@ -393,6 +408,7 @@ class Member:
     def snapshot_installed(self, snapshot: raft_pb2.Snapshot) -> None:
         index = snapshot.metadata.index
         self._applied.applied_to(index)
+        self._applied_term = snapshot.metadata.term
         self._log.info("finished applying incoming snapshot at index {index}", index=index)
         if self._store.pending_compaction():
             self._run_compaction()
@@ -410,7 +426,7 @@ class Member:
     def apply_entries(self, entries: list) -> AppliedBatch:
         """Disk thread: apply committed entries in one LMDB transaction."""
         batch = self._store.write_batch()
-        out = AppliedBatch(last_index=entries[-1].Index)
+        out = AppliedBatch(last_index=entries[-1].Index, last_term=entries[-1].Term)
         ci = self._consistent_index
         try:
             for e in entries:
@@ -594,6 +610,11 @@ class Member:
                 d.errback(Failure(errors.LeaderTransferTimeoutError()))
         call = self._reactor.callLater(self._timeout, timed_out)
         d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+        if self._flush_call is not None:
+            # NB: this turn's proposals came before the transfer (in etcd they would be in
+            # raft already); a transferring leader would drop them, so propose them first.
+            self._flush_call.cancel()
+            self._flush()
         self.loop.transfer_leader(target)
         return d
 

@@ -1,5 +1,6 @@
-"""The pure parts of ops/bench.py and ops/cli.py: percentiles, /proc parsing, worker plans,
-argument parsing and the table. No network, no processes."""
+"""The pure parts of ops/bench.py, ops/bench_compare.py, ops/failover.py and ops/cli.py:
+percentiles, /proc parsing, worker plans, cell matrices, argument parsing, failover
+distributions and the tables. No network, no processes."""
 from __future__ import annotations
 
 import contextlib
@@ -8,10 +9,12 @@ import math
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ops import cli
+from ops import cli, failover
 from ops.bench import (ProcStat, TcpSocket, WorkerPlan, add_ratios, format_table, make_key,
-                       parse_args, parse_endpoint, parse_proc_net_tcp_line, parse_proc_stat,
-                       percentile, plan_workers, summarize)
+                       parse_args, parse_cells, parse_endpoint, parse_proc_net_tcp_line,
+                       parse_proc_stat, percentile, plan_workers, settings, summarize)
+from ops.bench_compare import compare_status, exited_members, footer, leader_first
+from ops.cluster import LocalMember
 
 # /proc/PID/stat of etcd, with a comm that holds a space and a ')' to trip naive splitting.
 STAT = ("13703 (etcd (x) y) S 1 13703 1 0 -1 1077936384 33915 0 3 0 1871 402 0 0 20 0 13 0 "
@@ -138,9 +141,30 @@ class ParseArgsTests(SynchronousTestCase):
                          ("127.0.0.1:2379", 100000, 8, 256, None, 2))
 
     def test_compare_defaults_to_the_matrix(self) -> None:
-        """--compare runs put and range at 1, 16 and 64 clients, 3 s a cell."""
+        """--compare runs put and range at 1, 16 and 64 clients, 5 s a cell, one member each."""
         a = parse_args(["--compare"])
-        self.assertEqual((a.op, a.clients, a.duration), (["put", "range"], [1, 16, 64], 3.0))
+        self.assertEqual((a.op, a.clients, a.duration, a.members),
+                         (["put", "range"], [1, 16, 64], 5.0, 1))
+        self.assertEqual(a.cells, [("put", (1, 16, 64)), ("range", (1, 16, 64))])
+
+    def test_cells_give_each_op_its_own_clients(self) -> None:
+        """--cells is the matrix as given; --op and --clients are derived from it."""
+        a = parse_args(["--compare", "--members", "3",
+                        "--cells", "put:1,16,64,256/range:64/range-l:64"])
+        self.assertEqual(a.cells, [("put", (1, 16, 64, 256)), ("range", (64,)),
+                                   ("range-l", (64,))])
+        self.assertEqual((a.op, a.clients, a.members),
+                         (["put", "range", "range-l"], [1, 16, 64, 256], 3))
+        self.assertEqual(settings(a)["cells"], a.cells)
+
+    def test_members_and_cells_misuse_exit_2(self) -> None:
+        """--cells with --op, --members above 1 without --compare, and 0 members are refused."""
+        for argv in (["--cells", "put:1", "--op", "put"], ["--cells", "put:1", "--clients", "1"],
+                     ["--members", "3"], ["--compare", "--members", "0"],
+                     ["--cells", "get:1"]):
+            with contextlib.redirect_stderr(io.StringIO()):
+                error = self.assertRaises(SystemExit, parse_args, argv)
+            self.assertEqual(error.code, 2, argv)
 
     def test_lists_and_total(self) -> None:
         """--op and --clients take comma lists; --total replaces the default duration."""
@@ -206,3 +230,137 @@ class CliTests(SynchronousTestCase):
             error = self.assertRaises(SystemExit, cli.main, ["bench", "--help"])
         self.assertEqual(error.code, 0)
         self.assertIn("--key-space", out.getvalue())
+
+
+class CellsTests(SynchronousTestCase):
+
+    def test_ops_keep_their_order_and_counts(self) -> None:
+        """Slashes or spaces separate ops; each op keeps its own comma list, in order."""
+        self.assertEqual(parse_cells("range-l:64 put:1,16/range:8"),
+                         [("range-l", (64,)), ("put", (1, 16)), ("range", (8,))])
+
+    def test_bad_cells_are_refused(self) -> None:
+        """Unknown or repeated ops, missing or zero counts and an empty spec are errors."""
+        for text in ("get:1", "put:1/put:2", "put", "put:", "put:0,4", "", " / "):
+            self.assertRaises(ValueError, parse_cells, text)
+
+
+class CompareTests(SynchronousTestCase):
+
+    def test_leader_endpoint_comes_first(self) -> None:
+        """Members a, b, c led by b give b's endpoint, then a's and c's."""
+        members = [LocalMember(name, f"/d/{name}", f"/l/{name}", port, port + 1, [])
+                   for name, port in (("a", 1000), ("b", 2000), ("c", 3000))]
+        self.assertEqual(leader_first(members, members[1]),
+                         ["127.0.0.1:2000", "127.0.0.1:1000", "127.0.0.1:3000"])
+
+    def test_footer_and_status(self) -> None:
+        """check perf is PASS on exit 0, else FAIL with the status; a lost member is named;
+        only etcdd's failures make the run fail."""
+        report = {"check_perf": {"etcd": {"exit_status": 1, "server_cpu_seconds": 41.5},
+                                 "etcdd": {"exit_status": 0, "server_cpu_seconds": None}},
+                  "clusters": {"etcd": {"members": 3}, "etcdd": {"members": 3}}}
+        self.assertEqual(footer(report, "m"),
+                         ["check perf --load=m: etcd FAIL (exit 1), server CPU 41.50 s",
+                          "check perf --load=m: etcdd PASS"])
+        self.assertEqual(compare_status(report), 0)
+        report["clusters"]["etcdd"].update(problem="member b exited with -9", logs="/tmp/x",
+                                           load_average=[0.5, 2.3], cpus=2)
+        self.assertEqual(footer(report, "m")[-2:],
+                         ["etcdd: machine load average 0.5 -> 2.3 on 2 CPUs (other work on "
+                          "the machine skews req/s more than req/srv-CPU-s)",
+                          "etcdd: member b exited with -9 (member logs: /tmp/x)"])
+        self.assertEqual(compare_status(report), 1)
+        report["clusters"]["etcdd"].pop("problem")
+        report["check_perf"]["etcdd"]["exit_status"] = 1
+        self.assertEqual(compare_status(report), 1)
+        self.assertEqual(compare_status({"cells": [], "check_perf": {}}), 0)
+
+    def test_exited_members_are_named(self) -> None:
+        """Members whose process has exited are named with their status; others are not."""
+        class Proc:
+            def __init__(self, code: int | None) -> None:
+                self.returncode = code
+
+            def poll(self) -> int | None:
+                return self.returncode
+        members = [LocalMember(name, "/d", "/l", 1, 2, [], proc=proc) for name, proc in
+                   (("a", Proc(None)), ("b", Proc(-9)), ("c", None), ("d", Proc(1)))]
+        self.assertEqual(exited_members(members),
+                         "member b exited with -9; member d exited with 1")
+        self.assertIsNone(exited_members(members[:1]))
+
+
+def _trial(write: float, leader: float, catch_up: float) -> failover.Trial:
+    return failover.Trial(killed="a", new_leader="b", write_seconds=write,
+                          leader_seconds=leader, catch_up_seconds=catch_up)
+
+
+class FailoverTests(SynchronousTestCase):
+
+    def test_distribution(self) -> None:
+        """min, p50, p90 and max interpolate between ranks; no values give None each."""
+        self.assertEqual(failover.distribution([3.0, 1.0, 2.0]),
+                         {"n": 3, "min": 1.0, "p50": 2.0, "p90": 2.8, "max": 3.0})
+        self.assertEqual(failover.distribution([]),
+                         {"n": 0, "min": None, "p50": None, "p90": None, "max": None})
+
+    def test_first_success_sent_after_the_kill(self) -> None:
+        """A write sent before the kill does not count even if acknowledged after it."""
+        successes = [(1.0, 2.0), (2.5, 4.0), (5.0, 6.0)]
+        self.assertEqual(failover.first_success_after(successes, 3.0), (5.0, 6.0))
+        self.assertEqual(failover.first_success_after(successes, 2.5), (2.5, 4.0))
+        self.assertIsNone(failover.first_success_after(successes, 5.5))
+        self.assertIsNone(failover.first_success_after([], 0.0))
+
+    def test_summary_and_report(self) -> None:
+        """Each measure gets its distribution and a table row; errors and a stop are shown."""
+        trials = [_trial(1.0, 0.9, 2.0), _trial(3.0, 2.9, 4.0)]
+        summary = failover.summarize(trials)
+        self.assertEqual(summary["write_seconds"]["p50"], 2.0)
+        self.assertEqual(summary["catch_up_seconds"]["max"], 4.0)
+        run = {"server": "etcdd", "members": 3, "call_timeout": 0.1, "summary": summary,
+               "trials": trials, "writer_errors": {"UNAVAILABLE": 4},
+               "writer_error_samples": {"UNAVAILABLE": "connection refused"},
+               "error": "timed out"}
+        lines = failover.format_report(run).splitlines()
+        self.assertEqual(lines[0], "etcdd: 3 members, 2 trials, Put timeout 0.1s")
+        self.assertEqual(lines[1].split(), ["min", "p50", "p90", "max"])
+        self.assertEqual(lines[2].split()[-4:], ["1.000", "2.000", "2.800", "3.000"])
+        self.assertTrue(lines[2].lstrip().startswith("kill -9 -> first write (s)"))
+        self.assertEqual(lines[5:], ["  writer errors: UNAVAILABLE:4",
+                                     "    e.g. UNAVAILABLE: connection refused",
+                                     "  stopped early: timed out"])
+
+    def test_report_of_no_trials(self) -> None:
+        """A run that stopped before its first trial prints dashes, not an error."""
+        run = {"server": "etcd", "members": 3, "call_timeout": 0.1, "trials": [],
+               "summary": failover.summarize([]), "error": None}
+        self.assertEqual(failover.format_report(run).splitlines()[2].split()[-4:], ["-"] * 4)
+
+    def test_parse_args(self) -> None:
+        """Defaults: 20 trials of etcdd on 3 members; --compare runs etcd then etcdd, and
+        flags after -- go to every member."""
+        a = failover.parse_args([])
+        self.assertEqual((a.trials, a.members, a.servers, a.call_timeout, a.member_flags),
+                         (20, 3, ["etcdd"], 0.1, []))
+        a = failover.parse_args(["--compare", "--trials", "5", "--", "--pre-vote=true"])
+        self.assertEqual((a.trials, a.servers, a.member_flags),
+                         (5, ["etcd", "etcdd"], ["--pre-vote=true"]))
+        self.assertEqual(failover.parse_args(["--etcd"]).servers, ["etcd"])
+
+    def test_bad_arguments_exit_2(self) -> None:
+        """Fewer than 3 members, no trials, --etcd with --compare and a zero timeout are
+        usage errors."""
+        for argv in (["--members", "2"], ["--trials", "0"], ["--etcd", "--compare"],
+                     ["--call-timeout", "0"]):
+            with contextlib.redirect_stderr(io.StringIO()):
+                error = self.assertRaises(SystemExit, failover.parse_args, argv)
+            self.assertEqual(error.code, 2, argv)
+
+    def test_failover_is_a_subcommand(self) -> None:
+        """'etcdd-ops failover --help' is ops.failover's own help."""
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            error = self.assertRaises(SystemExit, cli.main, ["failover", "--help"])
+        self.assertEqual(error.code, 0)
+        self.assertIn("--call-timeout", out.getvalue())
