@@ -552,7 +552,7 @@ class MemberCluster:
     def leader(self) -> LocalMember | None:
         """The running member that leads at the highest term, if any."""
         leaders = [m for m in self.running if m.loop.is_leader]
-        return max(leaders, key=lambda m: m.member.term) if leaders else None
+        return max(leaders, key=lambda m: m.node.term) if leaders else None
 
     def followers(self) -> list[LocalMember]:
         lead = self.leader()

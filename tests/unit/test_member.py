@@ -4,7 +4,7 @@ executor the test drives: batching per reactor turn, per-request refusals, raft 
 terms, linearizable reads, bounds, timeouts, stopping, compaction and durability failures."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -14,40 +14,8 @@ from etcdd.mvcc.errors import CompactedError, FutureRevError
 from etcdd.proto import rpc_pb2 as pb
 from etcdd.server.errors import (KeyNotFoundError, LeaseNotFoundError, NotLeaderError,
                                  RequestTooLargeError, StoppedError)
-from tests.unit.members import SingleMember
+from tests.unit.members import QueuedExecutor, SingleMember
 from tests.unit.stores import open_store
-
-class QueuedExecutor:
-    """A disk executor that holds submitted work, in order, until the test runs it."""
-
-    def __init__(self) -> None:
-        self.queue: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred]] = []
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Deferred:
-        d: Deferred = Deferred()
-        self.queue.append((fn, args, d))
-        return d
-
-    def run_next(self) -> None:
-        """Run the oldest queued work and fire its Deferred with the outcome."""
-        fn, args, d = self.queue.pop(0)
-        try:
-            result = fn(*args)
-        except BaseException:
-            d.errback(Failure())
-        else:
-            d.callback(result)
-
-    def run_all(self) -> None:
-        while self.queue:
-            self.run_next()
-
 
 def put(key: bytes, value: bytes = b"v", **kw: Any) -> pb.PutRequest:
     return pb.PutRequest(key=key, value=value, **kw)

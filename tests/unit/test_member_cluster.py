@@ -67,8 +67,8 @@ class ElectionTests(ClusterTestCase):
         lead = c.leader()
         assert lead is not None
         self.assertEqual([m.loop.is_leader for m in c.members].count(True), 1)
-        self.assertEqual({(m.loop.lead, m.member.term) for m in c.members},
-                         {(lead.id, lead.member.term)})
+        self.assertEqual({(m.loop.lead, m.node.term, m.member.term) for m in c.members},
+                         {(lead.id, 2, 2)})
         expected = {m.id: (m.name, m.client_urls) for m in c.members}
         self.assertEqual([m.name for m in c.members], ["m1", "m2", "m3"])
         for m in c.members:
@@ -93,7 +93,7 @@ class ReplicationTests(ClusterTestCase):
         c.settle()
         resp = self.successResultOf(d)
         self.assertEqual(resp.header.revision, 2)
-        self.assertEqual(resp.header.raft_term, lead.member.term)
+        self.assertEqual(resp.header.raft_term, lead.node.term)
         self.assertEqual(resp.header.member_id, follower.id)
         self.assertEqual(resp.header.cluster_id, c.cluster_id)
         self.assertEqual([value(m, b"k") for m in c.members], [b"1"] * 3)
@@ -156,7 +156,7 @@ class FailureTests(ClusterTestCase):
         c.wait_for(lambda: not old.loop.is_leader and c.leader() is not None, 5.0)
         new = c.leader()
         assert new is not None
-        self.assertGreater(new.member.term, old.member.term)
+        self.assertGreater(new.node.term, old.node.term)
         self.assertEqual(old.loop.lead, 0)
         written = new.member.propose("put", put(b"k", b"new"))
         c.settle()
@@ -178,30 +178,37 @@ class FailureTests(ClusterTestCase):
     def test_member_without_quorum_waits_then_commits_after_one_link_heals(self) -> None:
         """With both peers cut off, the survivor's proposals wait and time out with an etcd
         timeout error while its term stays put (pre-vote); once one link heals a leader is
-        elected and the work that had not timed out commits."""
+        elected and the work that had not timed out commits; a member still alone fails
+        what raft never took with `context deadline exceeded`."""
         c = self.start()
         survivor = c.leader()
         assert survivor is not None
         peer, other = c.followers()
-        term = survivor.member.term
+        term = survivor.node.term
         c.isolate(peer)
         c.isolate(other)
         early = survivor.member.propose("put", put(b"early"))
         c.advance(REQUEST_TIMEOUT - 2.0)
         self.assertIsNone(c.leader())
         late = survivor.member.propose("put", put(b"late"))
+        stranded = other.member.propose("put", put(b"stranded"))
+        proposed = c.clock.seconds()
         c.advance(2.25)
         self.failureResultOf(early, errors.RequestTimeoutError)     # no leader known
         self.assertNoResult(late)
-        self.assertEqual({m.member.term for m in c.members}, {term})
+        self.assertNoResult(stranded)
+        self.assertEqual({m.node.term for m in c.members}, {term})
         c.heal(survivor, peer)
         c.wait_for(lambda: late.called, 4.0)
         self.assertEqual(self.successResultOf(late).header.revision, 3)
         self.assertIs(c.leader(), survivor)
-        self.assertEqual(survivor.member.term, term + 1)
+        self.assertEqual(survivor.node.term, term + 1)
         # NB: `early` timed out, yet its entry was in the survivor's log and committed with
         # the next term's: a timeout means "outcome unknown", in etcd too.
         self.assertEqual(value(survivor, b"early"), b"v")
+        c.advance(proposed + REQUEST_TIMEOUT + 0.25 - c.clock.seconds())
+        self.failureResultOf(stranded, errors.ProposalDeadlineError)
+        self.assertEqual(other.node.term, term)
         c.heal()
         c.wait_for(c.converged, 3.0)
         self.assert_same_state()
@@ -217,7 +224,7 @@ class LeadershipTests(ClusterTestCase):
         old = c.leader()
         assert old is not None
         target = c.followers()[0]
-        term = old.member.term
+        term = old.node.term
         before = old.member.propose("put", put(b"before"))
         moved = old.member.move_leader(target.id)
         around = {b"t%d" % i: None for i in range(12)}
@@ -228,7 +235,7 @@ class LeadershipTests(ClusterTestCase):
         c.settle()
         self.assertIsNone(self.successResultOf(moved))
         self.assertIs(c.leader(), target)
-        self.assertEqual(target.member.term, term + 1)
+        self.assertEqual(target.node.term, term + 1)
         self.assertEqual(self.successResultOf(before).header.revision, 2)
         committed, dropped = [], []
         for key, d in proposals:
@@ -292,7 +299,7 @@ class SnapshotTests(ClusterTestCase):
         [(frm, to, index)] = c.network.snapshots
         self.assertEqual((frm, to), (lead.id, lagging.id))
         self.assertEqual(lagging.loop.snapshot_index, index)
-        self.assertEqual(lagging.wal.snapshots, [(index, lead.member.term)])
+        self.assertEqual(lagging.wal.snapshots, [(index, lead.node.term)])
         self.assertEqual(lagging.storage.first_index(), index + 1)
         self.assertEqual(lagging.cluster.members, lead.cluster.members)
         self.assertEqual(lagging.store.range(b"k", b"l").count, 120)
