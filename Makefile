@@ -28,8 +28,15 @@ test: $(STAMP)
 proto: $(STAMP)
 	$(PY) -m etcdd.proto.build
 
+# make bench: 3-member etcd 3.4 vs 3-member etcdd (issue 3's matrix, check perf --load=m),
+# then the leader failover distribution; BENCH_ARGS / FAILOVER_ARGS replace either part.
+BENCH_ARGS ?= --compare --members 3 --cells put:1,16,64,256/range:64/range-l:64 \
+	--check-perf --load m
+FAILOVER_ARGS ?= --compare --members 3 --trials 20
+
 bench: $(STAMP)
-	$(PY) -m ops.bench $(BENCH_ARGS)
+	$(PY) -m ops.bench $(BENCH_ARGS); status=$$?; \
+	$(PY) -m ops.failover $(FAILOVER_ARGS) && exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp

@@ -6,13 +6,18 @@ Modes:
 
 - ``python -m ops.bench --endpoints 127.0.0.1:2379 --op put --clients 16``: a matrix of
   ``--op`` x ``--clients`` cells (both take comma lists) against running servers.
-- ``python -m ops.bench --compare``: start a real etcd and an etcdd on fresh temp dirs and
-  127.0.0.1 free ports, one after the other, run the same matrix against each, and print
-  requests per server CPU-second side by side with the ratio etcdd/etcd.
+- ``python -m ops.bench --compare [--members 3]``: start an N-member etcd 3.4 cluster and
+  then an N-member etcdd cluster on fresh temp dirs and 127.0.0.1 free ports, run the same
+  matrix against each (load spread over every member), and print requests per server
+  CPU-second (summed over every member) side by side with the ratio etcdd/etcd; the
+  orchestration lives in `ops.bench_compare`.
 - ``python -m ops.bench check-perf --load m --endpoints ...``: ``etcdctl check perf``.
 
 Like etcd's ``tools/benchmark``, ``--clients`` request loops share ``--conns`` gRPC channels
-(each its own TCP connection), and ``put`` picks random keys from ``--key-space``. The loops
+(each its own TCP connection, channel j on endpoint j % endpoints), and ``put`` picks random
+keys from ``--key-space``. ``range`` is a serializable Range (any member answers from its
+own store), ``range-l`` a linearizable one (etcd's default: a ReadIndex round to the leader).
+The matrix is ``--op`` x ``--clients``, or per op with ``--cells put:1,16/range:64``. The loops
 run as asyncio coroutines on grpc.aio in ``--procs`` spawned client processes (0: in this
 process). Server CPU is the utime+stime delta of the server's process tree in /proc over the
 measured window; warmup and the range preload are outside it.
@@ -27,17 +32,15 @@ import json
 import multiprocessing
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import grpc
 
@@ -184,6 +187,35 @@ def _int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
 
+def parse_cells(text: str) -> list[tuple[str, tuple[int, ...]]]:
+    """A per-op matrix: ``"put:1,16/range-l:64"`` -> ``[("put", (1, 16)), ("range-l", (64,))]``.
+
+    Ops are separated by ``/`` or whitespace, in the order they will run. Raises ValueError
+    for an unknown or repeated op, a missing client list, or a count below 1.
+    """
+    cells: list[tuple[str, tuple[int, ...]]] = []
+    for item in text.replace("/", " ").split():
+        op, sep, counts = item.partition(":")
+        if op not in OPS:
+            raise ValueError(f"unknown op {op!r} (choose from {', '.join(OPS)})")
+        if op in (seen for seen, _ in cells):
+            raise ValueError(f"op {op!r} appears twice")
+        clients = tuple(int(v) for v in counts.split(",") if v) if sep else ()
+        if not clients or min(clients) < 1:
+            raise ValueError(f"{item!r} needs client counts of at least 1, e.g. {op}:1,16")
+        cells.append((op, clients))
+    if not cells:
+        raise ValueError("no cells given")
+    return cells
+
+
+def _cells_arg(text: str) -> list[tuple[str, tuple[int, ...]]]:
+    try:
+        return parse_cells(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _op_list(text: str) -> list[str]:
     ops = [v for v in text.split(",") if v]
     for op in ops:
@@ -195,6 +227,7 @@ def _op_list(text: str) -> list[str]:
 _EXAMPLES = """examples:
   python -m ops.bench --endpoints 127.0.0.1:2379 --op put,range --clients 1,16,64
   python -m ops.bench --compare                 # etcd vs etcdd, put,range x 1,16,64
+  python -m ops.bench --compare --members 3 --cells put:1,16,64,256/range:64/range-l:64
   python -m ops.bench check-perf --load m --endpoints 127.0.0.1:2379
 """
 
@@ -213,8 +246,9 @@ def _common_parser(prog: str) -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse the bench command line; ``check-perf`` as the first word selects that mode.
 
-    Defaults: one run is ``put`` with 16 clients; ``--compare`` runs put,range x 1,16,64.
-    Neither ``--total`` nor ``--duration`` means 5 s per cell (3 s under ``--compare``).
+    Defaults: one run is ``put`` with 16 clients; ``--compare`` runs put,range x 1,16,64
+    against one member each. Neither ``--total`` nor ``--duration`` means 5 s per cell.
+    ``args.cells`` is always the matrix to run, from ``--cells`` or ``--op`` x ``--clients``.
     """
     argv = list(argv)
     if argv[:1] == ["check-perf"]:
@@ -233,6 +267,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="client processes; 0 runs the loops in this process (default 2)")
     p.add_argument("--op", type=_op_list, default=None,
                    help="put, range (serializable) or range-l (linearizable); a comma list")
+    p.add_argument("--cells", type=_cells_arg, default=None,
+                   help="clients per op instead of --op x --clients, e.g. "
+                        "put:1,16,64,256/range:64/range-l:64")
     p.add_argument("--key-space", type=int, default=100000, help="keys to pick from")
     p.add_argument("--key-size", type=int, default=8, help="bytes per key")
     p.add_argument("--val-size", type=int, default=256, help="bytes per put value")
@@ -244,6 +281,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--no-preload", action="store_true", help="skip the range preload")
     p.add_argument("--compare", action="store_true",
                    help="start etcd and etcdd in turn and run the matrix against each")
+    p.add_argument("--members", type=int, default=1,
+                   help="with --compare: members per cluster (default 1)")
     p.add_argument("--check-perf", action="store_true", help="with --compare: also check perf")
     p.add_argument("--load", choices=("s", "m", "l", "xl"), default="s")
     p.add_argument("--etcd", default="/usr/bin/etcd")
@@ -253,10 +292,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--data-root", default=None, help="where --compare makes its data dirs")
     args = p.parse_args(argv)
     args.command = "bench"
+    if args.cells and (args.op or args.clients):
+        p.error("--cells replaces --op and --clients")
+    if not 1 <= args.members <= 26 or (args.members > 1 and not args.compare):
+        p.error("--members must be 1..26, and more than 1 needs --compare")
+    if args.cells:
+        args.op = [op for op, _ in args.cells]
+        args.clients = sorted({c for _, counts in args.cells for c in counts})
     args.op = args.op or (["put", "range"] if args.compare else ["put"])
     args.clients = args.clients or ([1, 16, 64] if args.compare else [16])
+    args.cells = args.cells or [(op, tuple(args.clients)) for op in args.op]
     if args.total is None and args.duration is None:
-        args.duration = 3.0 if args.compare else 5.0
+        args.duration = 5.0
     for name in ("key_space", "key_size", "val_size", "conns", "total"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -294,6 +341,26 @@ def process_tree(roots: Iterable[int]) -> set[int]:
             tree.add(pid)
             todo.extend(children.get(pid, ()))
     return tree
+
+
+def parse_proc_stat_busy(text: str) -> int:
+    """Clock ticks all CPUs spent in processes, from /proc/stat's first (``cpu``) line:
+    user + nice + system (guest time is inside user).
+
+    NB: irq and softirq are left out: loopback TCP is largely processed in softirq, which
+    /proc/PID/stat charges to no process, so it would count our own traffic as other work.
+    Raises ValueError if the text does not start with that line.
+    """
+    fields = text.split("\n", 1)[0].split()
+    if len(fields) < 4 or fields[0] != "cpu":
+        raise ValueError(f"not /proc/stat: {text[:80]!r}")
+    return int(fields[1]) + int(fields[2]) + int(fields[3])
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes on the machine have used since boot (all CPUs summed)."""
+    with open("/proc/stat") as f:
+        return parse_proc_stat_busy(f.read(4096)) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:
@@ -509,11 +576,12 @@ def _run_in_process(plan: WorkerPlan, times: dict, sampler) -> list[dict]:
 
 
 class _CpuSampler:
-    """Samples server CPU at the measure start and (duration mode) end, from a thread."""
+    """Samples server and machine CPU at the measure start and (duration mode) end, from a
+    thread."""
 
     def __init__(self, pids: set[int]) -> None:
         self.pids = process_tree(pids) if pids else set()
-        self.samples: dict[str, float] = {}
+        self.samples: dict[str, tuple[float, float]] = {}
         self.measure_at = 0.0
         self._thread: threading.Thread | None = None
 
@@ -521,19 +589,24 @@ class _CpuSampler:
         self.measure_at = plan.measure_at
         def run() -> None:
             time.sleep(max(0.0, plan.measure_at - time.monotonic()))
-            self.samples["start"] = cpu_seconds(self.pids)
+            self.samples["start"] = self._sample()
             if plan.end_at is not None:
                 time.sleep(max(0.0, plan.end_at - time.monotonic()))
-                self.samples["end"] = cpu_seconds(self.pids)
+                self.samples["end"] = self._sample()
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
 
-    def finish(self) -> float | None:
+    def _sample(self) -> tuple[float, float]:
+        return cpu_seconds(self.pids), machine_busy_seconds()
+
+    def finish(self) -> tuple[float | None, float]:
+        """(server CPU seconds or None without PIDs, the whole machine's busy CPU seconds)."""
         if self._thread is not None:
             self._thread.join()
         if "end" not in self.samples:
-            self.samples["end"] = cpu_seconds(self.pids)
-        return self.samples["end"] - self.samples["start"] if self.pids else None
+            self.samples["end"] = self._sample()
+        (server0, machine0), (server1, machine1) = self.samples["start"], self.samples["end"]
+        return (server1 - server0 if self.pids else None), machine1 - machine0
 
 
 def summarize(results: list[dict], duration: float | None, measure_at: float) -> dict:
@@ -568,11 +641,14 @@ def run_cell(args: argparse.Namespace, endpoints: list[str], op: str, clients: i
     failed = [r["error"] for r in results if "error" in r]
     if failed:
         raise RuntimeError(f"client process failed: {failed[0]}")
-    server_cpu = sampler.finish()
+    server_cpu, machine_cpu = sampler.finish()
     cell = {"op": op, "clients": clients, "conns": sum(len(p.targets) for p in plans),
             "procs": len(plans) if args.procs else 0,
             **summarize(results, args.duration, sampler.measure_at),
             "server_cpu_seconds": server_cpu}
+    # What neither the server nor our clients used: other work skewing this cell.
+    cell["other_cpu_seconds"] = (max(0.0, machine_cpu - server_cpu - cell["client_cpu_seconds"])
+                                 if server_cpu is not None else None)
     cell["requests_per_server_cpu_second"] = (cell["requests"] / server_cpu
                                               if server_cpu else None)
     return cell
@@ -602,10 +678,11 @@ def preload(endpoints: Sequence[str], args: argparse.Namespace) -> float:
     return time.monotonic() - started
 
 
-# ------------------------------------------------------------------ servers for --compare
+# ------------------------------------------------------------------ one server
 
 class Server:
-    """One single-member etcd or etcdd on 127.0.0.1 free ports and a fresh data dir.
+    """One single-member etcd or etcdd on 127.0.0.1 free ports and a fresh data dir (for
+    `ops.restart_bench`; ``--compare`` starts `ops.cluster.LocalCluster`s instead).
 
     `stop()` kills the process and reaps it (``Popen.wait()``); it is safe to call twice.
     """
@@ -642,39 +719,14 @@ class Server:
         self.proc.wait()
 
 
-# ------------------------------------------------------------------ etcdctl check perf
-
-def check_perf(etcdctl: str, endpoints: Sequence[str], load: str, pids: set[int],
-               echo: bool = True) -> dict:
-    """Run ``etcdctl check perf --load=LOAD`` (60 s), echoing its output as it comes."""
-    env = {**os.environ, "ETCDCTL_API": "3"}
-    argv = [etcdctl, f"--endpoints={','.join(endpoints)}", "check", "perf", f"--load={load}"]
-    tree = process_tree(pids) if pids else set()
-    cpu0, out = cpu_seconds(tree), bytearray()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        while chunk := os.read(proc.stdout.fileno(), 4096):
-            out += chunk
-            if echo:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdout.close()
-    return {"command": " ".join(argv), "exit_status": proc.returncode,
-            "output": out.decode(errors="replace"),
-            "server_cpu_seconds": cpu_seconds(tree) - cpu0 if tree else None}
-
-
 # ------------------------------------------------------------------ output
 
 _COLUMNS = (("op", "op", "{}"), ("clients", "clients", "{}"), ("server", "server", "{}"),
             ("req/s", "requests_per_second", "{:.0f}"), ("p50 ms", "p50_ms", "{:.2f}"),
             ("p99 ms", "p99_ms", "{:.2f}"), ("srv CPU s", "server_cpu_seconds", "{:.2f}"),
             ("req/srv-CPU-s", "requests_per_server_cpu_second", "{:.0f}"),
-            ("cli CPU s", "client_cpu_seconds", "{:.2f}"), ("errors", "errors", "{}"),
+            ("cli CPU s", "client_cpu_seconds", "{:.2f}"),
+            ("other CPU s", "other_cpu_seconds", "{:.2f}"), ("errors", "errors", "{}"),
             ("etcdd/etcd", "ratio", "{:.2f}"))
 
 
@@ -697,72 +749,47 @@ def format_table(cells: Sequence[dict]) -> str:
                      for row in rows)
 
 
-def add_ratios(cells: list[dict]) -> None:
-    """Set ``ratio`` on each etcdd cell: its requests per server CPU-second over etcd's."""
-    etcd = {(c["op"], c["clients"]): c for c in cells if c.get("server") == "etcd"}
-    for cell in cells:
-        base = etcd.get((cell["op"], cell["clients"]))
-        if cell.get("server") == "etcdd" and base:
-            mine, theirs = (cell.get("requests_per_server_cpu_second"),
-                            base.get("requests_per_server_cpu_second"))
-            cell["ratio"] = mine / theirs if mine and theirs else None
-
-
 # ------------------------------------------------------------------ modes
 
 def run_matrix(args: argparse.Namespace, endpoints: list[str], pids: set[int],
-               label: str | None = None) -> list[dict]:
-    """Every ``--op`` x ``--clients`` cell in order; range ops preload the key space once."""
+               label: str | None = None,
+               problem: Callable[[], str | None] | None = None) -> list[dict]:
+    """Every cell of ``args.cells`` in order; range ops preload the key space once.
+
+    ``problem``, if given, is asked after each cell; an answer (e.g. "member b exited")
+    is stored in that cell as ``problem`` and ends the matrix early.
+    """
     cells, preloaded = [], args.no_preload
     amount = f"{args.total} requests" if args.total else f"{args.duration:g}s"
     _note(f"{amount} per cell after {args.warmup:g}s warmup; client processes: "
           f"{args.procs or 'this one'}; conns: {args.conns or 'min(clients, 16)'}")
-    for op in args.op:
+    for op, clients in ((op, c) for op, counts in args.cells for c in counts):
         if op != "put" and not preloaded:
             seconds = preload(endpoints, args)
             _note(f"preloaded {args.key_space} keys in {seconds:.1f}s")
             preloaded = True
-        for clients in args.clients:
-            cell = run_cell(args, endpoints, op, clients, pids)
-            if label:
-                cell["server"] = label
-            cells.append(cell)
-            _note(format_table([cell]).splitlines()[-1])
+        cell = run_cell(args, endpoints, op, clients, pids)
+        if label:
+            cell["server"] = label
+        cells.append(cell)
+        _note(format_table([cell]).splitlines()[-1])
+        trouble = problem() if problem is not None else None
+        if trouble is not None:
+            cell["problem"] = trouble
+            _note(f"stopping the matrix: {trouble}")
+            break
     return cells
 
 
 def settings(args: argparse.Namespace) -> dict:
     """The knobs a reader needs to reproduce a report."""
-    return {k: getattr(args, k) for k in ("endpoints", "op", "clients", "conns", "procs",
-                                          "key_space", "key_size", "val_size", "total",
-                                          "duration", "warmup", "seed", "compare")}
+    return {k: getattr(args, k) for k in ("endpoints", "cells", "conns", "procs", "key_space",
+                                          "key_size", "val_size", "total", "duration",
+                                          "warmup", "seed", "compare", "members")}
 
 
 def _note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)          # progress; stdout holds the report
-
-
-def compare(args: argparse.Namespace) -> dict:
-    """Start etcd, run the matrix, stop it; the same for etcdd; ratios per cell."""
-    root = tempfile.mkdtemp(prefix="etcdd-bench-", dir=args.data_root)
-    cells, perf = [], {}
-    try:
-        for label, command in (("etcd", [args.etcd]), ("etcdd", args.etcdd.split())):
-            server = Server(label, command, root)
-            try:
-                server.wait_ready()
-                _note(f"{label}: {' '.join(server.argv)} (pid {server.proc.pid})")
-                cells += run_matrix(args, [server.endpoint], {server.proc.pid}, label)
-                if args.check_perf:
-                    perf[label] = check_perf(args.etcdctl, [server.endpoint], args.load,
-                                             {server.proc.pid}, echo=args.write_out != "json")
-            finally:
-                server.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    add_ratios(cells)
-    cells.sort(key=lambda c: (args.op.index(c["op"]), c["clients"], c["server"] != "etcd"))
-    return {"cells": cells, "check_perf": perf}
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -776,6 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     endpoints = [e for e in args.endpoints.split(",") if e]
+    from ops.bench_compare import check_perf, compare, compare_status, footer  # they import us
     try:
         if args.command == "check-perf":
             pids = resolve_server_pids(endpoints, args.server_pid)
@@ -804,7 +832,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(format_table(report["cells"]))
-    return 0
+        for line in footer(report, args.load):
+            print(line)
+    return compare_status(report)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("ops.bench", "benchmark etcd v3 KV over gRPC (etcdd or etcd)"),
     "restart-bench": ("ops.restart_bench", "time to first answer after a restart with N keys"),
+    "cluster": ("ops.cluster", "cluster up: a local N-member cluster until Ctrl-C"),
+    "failover": ("ops.failover", "leader failover time (kill -9 to first write), N trials"),
 }
 
 

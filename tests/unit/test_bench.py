@@ -10,10 +10,12 @@ import math
 from twisted.trial.unittest import SynchronousTestCase
 
 from ops import cli, failover
-from ops.bench import (ProcStat, TcpSocket, WorkerPlan, add_ratios, format_table, make_key,
+from ops.bench import (ProcStat, TcpSocket, WorkerPlan, format_table, make_key,
                        parse_args, parse_cells, parse_endpoint, parse_proc_net_tcp_line,
-                       parse_proc_stat, percentile, plan_workers, settings, summarize)
-from ops.bench_compare import compare_status, exited_members, footer, leader_first
+                       parse_proc_stat, parse_proc_stat_busy, percentile, plan_workers,
+                       settings, summarize)
+from ops.bench_compare import (add_ratios, compare_status, exited_members, footer,
+                               leader_first, without_redraws)
 from ops.cluster import LocalMember
 
 # /proc/PID/stat of etcd, with a comm that holds a space and a ')' to trip naive splitting.
@@ -61,6 +63,12 @@ class ProcStatTests(SynchronousTestCase):
     def test_refuses_other_text(self) -> None:
         """A line without a parenthesised comm is not a stat line."""
         self.assertRaises(ValueError, parse_proc_stat, "not a stat line")
+
+    def test_machine_busy_ticks(self) -> None:
+        """/proc/stat's cpu line counts user+nice+system, not idle, iowait, irq or softirq."""
+        text = "cpu  100 2 30 9000 50 4 5 6 0 0\ncpu0 50 1 15 4500 25 2 2 3 0 0\n"
+        self.assertEqual(parse_proc_stat_busy(text), 100 + 2 + 30)
+        self.assertRaises(ValueError, parse_proc_stat_busy, "cpu0 1 2 3 4 5 6 7 8\n")
 
 
 class ProcNetTcpTests(SynchronousTestCase):
@@ -264,17 +272,22 @@ class CompareTests(SynchronousTestCase):
                          ["check perf --load=m: etcd FAIL (exit 1), server CPU 41.50 s",
                           "check perf --load=m: etcdd PASS"])
         self.assertEqual(compare_status(report), 0)
-        report["clusters"]["etcdd"].update(problem="member b exited with -9", logs="/tmp/x",
-                                           load_average=[0.5, 2.3], cpus=2)
-        self.assertEqual(footer(report, "m")[-2:],
-                         ["etcdd: machine load average 0.5 -> 2.3 on 2 CPUs (other work on "
-                          "the machine skews req/s more than req/srv-CPU-s)",
-                          "etcdd: member b exited with -9 (member logs: /tmp/x)"])
+        report["clusters"]["etcdd"].update(problem="member b exited with -9", logs="/tmp/x")
+        self.assertEqual(footer(report, "m")[-1],
+                         "etcdd: member b exited with -9 (member logs: /tmp/x)")
         self.assertEqual(compare_status(report), 1)
         report["clusters"]["etcdd"].pop("problem")
-        report["check_perf"]["etcdd"]["exit_status"] = 1
+        report["check_perf"]["etcdd"].update(exit_status=-9, stopped="member a exited with 0")
+        self.assertEqual(footer(report, "m")[1], "check perf --load=m: etcdd FAIL (exit -9), "
+                                                 "stopped: member a exited with 0")
         self.assertEqual(compare_status(report), 1)
         self.assertEqual(compare_status({"cells": [], "check_perf": {}}), 0)
+
+    def test_progress_bar_redraws_are_dropped(self) -> None:
+        """Only the last carriage-return segment of each line is kept; CRLF ends stay."""
+        self.assertEqual(without_redraws(b"\r 1 / 60\r 2 / 60 3.33%\nPASS\r\nFAIL"),
+                         b" 2 / 60 3.33%\nPASS\nFAIL")
+        self.assertEqual(without_redraws(b""), b"")
 
     def test_exited_members_are_named(self) -> None:
         """Members whose process has exited are named with their status; others are not."""
