@@ -45,7 +45,7 @@ from typing import Callable, Iterable, Sequence
 import grpc
 
 from etcdd.proto import rpc_pb2, rpc_pb2_grpc
-from ops.local import free_port, single_member_flags
+from ops.local import free_port, single_member_flags, unwind_on_signals
 
 OPS = ("put", "range", "range-l")
 _KV = "/etcdserverpb.KV/"
@@ -792,16 +792,10 @@ def _note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)          # progress; stdout holds the report
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt    # SIGTERM unwinds like Ctrl-C, so started servers are reaped
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark mode the arguments select; return the exit status."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    # NB: a shell without job control starts background jobs with SIGINT ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    unwind_on_signals()
     endpoints = [e for e in args.endpoints.split(",") if e]
     from ops.bench_compare import check_perf, compare, compare_status, footer  # they import us
     try:

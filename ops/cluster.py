@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import grpc
 
 from etcdd.proto import rpc_pb2 as pb, rpc_pb2_grpc
-from ops.local import cluster_flags, free_port
+from ops.local import cluster_flags, free_port, unwind_on_signals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -358,6 +358,7 @@ def _serve(cluster: LocalCluster) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``etcdd-ops cluster up``: start, print the endpoints, stop every member on Ctrl-C."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    unwind_on_signals()
     cluster = LocalCluster(args.size, args.base_dir, args.etcd, args.extra, args.token)
     try:
         cluster.start(wait=True, timeout=args.timeout)

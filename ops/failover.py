@@ -26,7 +26,6 @@ import bisect
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -41,6 +40,7 @@ from etcdd.proto import rpc_pb2 as pb
 from ops.bench import percentile
 from ops.bench_compare import exited_members, keep_logs
 from ops.cluster import ClusterError, LocalCluster, LocalMember
+from ops.local import unwind_on_signals
 
 T = TypeVar("T")
 _PUT = "/etcdserverpb.KV/Put"
@@ -336,15 +336,10 @@ def _note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)          # progress; stdout holds the report
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt    # SIGTERM unwinds like Ctrl-C, so started members are reaped
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the trials on each server asked for; 1 if any run stopped early."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    unwind_on_signals()
     root = tempfile.mkdtemp(prefix="etcdd-failover-", dir=args.data_root)
     try:
         runs = [run_server(label, args, root) for label in args.servers]

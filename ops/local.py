@@ -5,6 +5,7 @@ Shared by the benchmark, the restart benchmark, the integration tests' harness a
 """
 from __future__ import annotations
 
+import signal
 import socket
 
 
@@ -39,3 +40,17 @@ def cluster_flags(name: str, data_dir: str, client_port: int, peer_port: int,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", initial_cluster, "--initial-cluster-token", token,
             "--initial-cluster-state", state]
+
+
+def unwind_on_signals() -> None:
+    """Make Ctrl-C and SIGTERM raise KeyboardInterrupt in the main thread, so a tool that
+    started members unwinds through its cleanup and reaps them.
+
+    NB: a shell without job control starts background jobs with SIGINT ignored; this
+    restores it."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -33,7 +33,9 @@ from etcdd.peer.protocol import (MessageStreamClient, PeerContext, PeerServerPro
 from etcdd.proto import raft_pb2
 
 INITIAL_RETRY_SECONDS = 0.05
-MAX_RETRY_SECONDS = 1.0
+# etcd 3.4 rafthttp redials a lost stream every 100 ms; a dead peer costs one failed
+# connect per retry, so a short cap keeps a restarted member's catch-up quick.
+MAX_RETRY_SECONDS = 0.2
 RETRY_FACTOR = 1.5
 # etcd 3.4 embed/config.go peerDialTimeout: 1 s + one election timeout (1 s by default)
 DIAL_TIMEOUT_SECONDS = 2.0
