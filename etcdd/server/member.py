@@ -6,9 +6,9 @@ Shell. etcd 3.4 `etcdserver/v3_server.go` and `server.go`:
   member; a Deferred waits for that ID. Every proposal of one reactor turn goes to raft as
   one MsgProp (a follower's raft forwards it to the leader). Every member applies every
   committed entry; the member that proposed an entry answers its client.
-- Committed entries are applied on the disk thread, all of a Ready in one LMDB write
-  transaction that also records the consistent index, so replaying the WAL after a crash
-  skips what is already applied (`entry.index <= consistent_index`).
+- Committed entries are applied on the disk thread (`server/entries.py`), all of a Ready
+  in one LMDB write transaction that also records the consistent index, so replaying the
+  WAL after a crash skips what is already applied (`entry.index <= consistent_index`).
 - A linearizable read waits for a ReadIndex round (one round serves every read that
   arrived meanwhile), then for the applied index to reach it; a serializable read is
   served at once from the local store.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
@@ -34,12 +34,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from etcdd.mvcc.errors import MVCCError
-from etcdd.proto import etcdserver_pb2, raft_internal_pb2, raft_pb2, rpc_pb2 as pb
+from etcdd.proto import etcdserver_pb2, raft_internal_pb2, raft_pb2
 from etcdd.raft import ProposalDroppedError, StateType
 from etcdd.server import errors
 from etcdd.server.apply import Applier
 from etcdd.server.cluster import ClusterState
+from etcdd.server.entries import AppliedBatch, EntryApplier
 from etcdd.server.errors import (RequestTooLargeError, ServerError, StoppedError,
                                  TooManyRequestsError)
 from etcdd.server.wait import AppliedWaiters, IDWaiters
@@ -47,8 +47,6 @@ from etcdd.server.wait import AppliedWaiters, IDWaiters
 # etcd 3.4 etcdserver/server.go maxGapBetweenApplyAndCommitIndex
 MAX_PENDING_PROPOSALS = 5000
 CLUSTER_VERSION = "3.4.0"
-_V2_TAG = 0x08       # a v2 Request starts with its ID (field 1, varint); v3 never sets it
-_WRITE_KINDS = ("put", "delete_range", "txn", "compaction")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +55,6 @@ class Identity:
     cluster_id: int
     member_id: int
     name: str
-
-
-@dataclass(slots=True)
-class AppliedBatch:
-    """What applying one Ready's committed entries did (built on the disk thread)."""
-    last_index: int
-    last_term: int = 0
-    results: list[tuple[int, Any]] = field(default_factory=list)   # (request ID, answer)
-    conf_changes: list[raft_pb2.ConfChange] = field(default_factory=list)
-    compaction_scheduled: bool = False
-    members_changed: bool = False
 
 
 class RequestIDs:
@@ -104,6 +91,7 @@ class Member:
         self._client_urls = client_urls
         self._on_fatal = on_fatal or (lambda failure: None)
         self._applier = Applier()
+        self._entries = EntryApplier(store, cluster, self._applier)
         self.loop: Any = None                       # the RaftLoop, attached by the service
         self._ids = RequestIDs(identity.member_id, reactor.seconds())
         self._waiters = IDWaiters()
@@ -111,7 +99,6 @@ class Member:
         self._applied = AppliedWaiters(applied_index)
         self._applied_term = store.term()
         self._queued: set[int] = set()      # proposals raft has not taken yet
-        self._consistent_index = store.consistent_index()   # disk thread's copy
         self._pending: list[bytes] = []
         self._pending_ids: list[int] = []
         self._flush_call: Any = None
@@ -127,12 +114,6 @@ class Member:
         self._version_proposed = False
         self._transfer_waiters: list[tuple[int, Deferred]] = []
         self._sweeper: Any = None
-        self._apply_kind: dict[str, Callable[[Any, Any], Any]] = {
-            "put": partial(self._in_txn, self._checked_put),
-            "delete_range": partial(self._in_txn, self._applier.delete_range),
-            "txn": partial(self._in_txn, self._applier.txn),
-            "compaction": self._apply_compaction,
-        }
 
     # -- state -----------------------------------------------------------------------------
 
@@ -413,78 +394,13 @@ class Member:
         if self._store.pending_compaction():
             self._run_compaction()
 
-    # -- raft host: disk thread ------------------------------------------------------------
-
-    def install_snapshot(self, snapshot: raft_pb2.Snapshot, db_path: str) -> None:
-        """Disk thread: replace the backend's content with the leader's snapshot."""
-        self._log.info("applying snapshot at index {index}...", index=snapshot.metadata.index)
-        self._store.backend.load_from(db_path)
-        with self._store.backend.begin_read() as txn:
-            self.cluster.load(txn)
-        self._consistent_index = self._store.consistent_index()
+    # -- raft host: disk thread (etcdd/server/entries.py) ---------------------------------
 
     def apply_entries(self, entries: list) -> AppliedBatch:
-        """Disk thread: apply committed entries in one LMDB transaction."""
-        batch = self._store.write_batch()
-        out = AppliedBatch(last_index=entries[-1].Index, last_term=entries[-1].Term)
-        ci = self._consistent_index
-        try:
-            for e in entries:
-                if e.Type == raft_pb2.EntryConfChange:
-                    cc = raft_pb2.ConfChange.FromString(e.Data)
-                    out.conf_changes.append(cc)
-                    if e.Index > ci:
-                        self.cluster.apply_conf_change(batch.raw_txn, cc)
-                        out.members_changed = True
-                elif e.Index > ci and e.Data:
-                    self._apply_normal(batch, e.Data, out)
-            last = entries[-1]
-            if last.Index > ci:
-                batch.set_consistent_index(last.Index, last.Term)
-                self._consistent_index = last.Index
-            batch.commit()
-        except BaseException:
-            batch.abort()
-            raise
-        return out
+        return self._entries.apply(entries)
 
-    def _apply_normal(self, batch: Any, data: bytes, out: AppliedBatch) -> None:
-        if data[0] == _V2_TAG:
-            r = etcdserver_pb2.Request.FromString(data)
-            self.cluster.apply_v2(batch.raw_txn, r.Method, r.Path, r.Val)
-            out.members_changed = True
-            out.results.append((r.ID, None))
-            return
-        ir = raft_internal_pb2.InternalRaftRequest.FromString(data)
-        for kind in _WRITE_KINDS:
-            if ir.HasField(kind):
-                try:
-                    result = self._apply_kind[kind](batch, getattr(ir, kind))
-                except (ServerError, MVCCError) as e:
-                    result = e
-                if kind == "compaction" and not isinstance(result, BaseException):
-                    out.compaction_scheduled = True
-                out.results.append((ir.header.ID, result))
-                return
-        out.results.append((ir.header.ID, None))
-
-    def _in_txn(self, apply: Callable[[Any, Any], Any], batch: Any, req: Any) -> Any:
-        """Apply one request as one etcd txn of the batch (ended even when refused)."""
-        txn = batch.txn()
-        try:
-            return apply(txn, req)
-        finally:
-            txn.end()
-
-    def _checked_put(self, txn: Any, req: Any) -> Any:
-        self._applier.check_put(txn, req)
-        return self._applier.put(txn, req)
-
-    def _apply_compaction(self, batch: Any, req: Any) -> Any:
-        batch.schedule_compaction(req.revision)
-        resp = pb.CompactionResponse()
-        resp.header.revision = batch.current_revision()
-        return resp
+    def install_snapshot(self, snapshot: raft_pb2.Snapshot, db_path: str) -> None:
+        self._entries.install_snapshot(snapshot, db_path)
 
     # -- compaction ------------------------------------------------------------------------
 

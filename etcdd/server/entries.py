@@ -1,0 +1,134 @@
+"""Applying committed raft entries to the store, on the disk thread.
+
+Shell (LMDB write transactions). etcd 3.4 `etcdserver/server.go apply` and
+`applyEntryNormal`: every entry of one Ready is applied in one LMDB write transaction,
+which also records the consistent index (the index of the last applied entry) and its
+term, so after a crash the WAL replay skips what the backend already holds. Entry kinds:
+
+    EntryConfChange                 membership (server/cluster.py), and handed back to raft
+    EntryNormal, empty              a new leader's first entry: nothing to apply
+    EntryNormal, v2 Request         etcd's publish / cluster version / QGET (`data[0] == 0x08`)
+    EntryNormal, InternalRaftRequest   put, delete_range, txn, compaction (header.ID answers)
+
+A refused request (mvcc or request errors) is that request's answer; it still takes its
+index. Any other failure aborts the whole transaction and is a durability failure.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+from etcdd.mvcc.errors import MVCCError
+from etcdd.proto import etcdserver_pb2, raft_internal_pb2, raft_pb2, rpc_pb2 as pb
+from etcdd.server.apply import Applier
+from etcdd.server.cluster import ClusterState
+from etcdd.server.errors import ServerError
+
+_V2_TAG = 0x08       # a v2 Request starts with its ID (field 1, varint); v3 never sets it
+_WRITE_KINDS = ("put", "delete_range", "txn", "compaction")
+
+
+@dataclass(slots=True)
+class AppliedBatch:
+    """What applying one Ready's committed entries did (built on the disk thread)."""
+    last_index: int
+    last_term: int = 0
+    results: list[tuple[int, Any]] = field(default_factory=list)   # (request ID, answer)
+    conf_changes: list[raft_pb2.ConfChange] = field(default_factory=list)
+    compaction_scheduled: bool = False
+    members_changed: bool = False
+
+
+class EntryApplier:
+    """Invariant: `consistent_index` equals the store's recorded consistent index after
+    every `apply()` and `install_snapshot()` (this thread is the only writer)."""
+
+    _log = Logger()
+
+    def __init__(self, store: Any, cluster: ClusterState, applier: Applier) -> None:
+        self._store = store
+        self._cluster = cluster
+        self._applier = applier
+        self.consistent_index = store.consistent_index()
+        self._apply_kind: dict[str, Callable[[Any, Any], Any]] = {
+            "put": partial(self._in_txn, self._checked_put),
+            "delete_range": partial(self._in_txn, applier.delete_range),
+            "txn": partial(self._in_txn, applier.txn),
+            "compaction": self._apply_compaction,
+        }
+
+    def apply(self, entries: list) -> AppliedBatch:
+        """Apply committed entries in one LMDB transaction; entries at or below the
+        consistent index were applied before a restart and are skipped (their conf
+        changes are still handed back, raft needs them again)."""
+        batch = self._store.write_batch()
+        out = AppliedBatch(last_index=entries[-1].Index, last_term=entries[-1].Term)
+        ci = self.consistent_index
+        try:
+            for e in entries:
+                if e.Type == raft_pb2.EntryConfChange:
+                    cc = raft_pb2.ConfChange.FromString(e.Data)
+                    out.conf_changes.append(cc)
+                    if e.Index > ci:
+                        self._cluster.apply_conf_change(batch.raw_txn, cc)
+                        out.members_changed = True
+                elif e.Index > ci and e.Data:
+                    self._apply_normal(batch, e.Data, out)
+            last = entries[-1]
+            if last.Index > ci:
+                batch.set_consistent_index(last.Index, last.Term)
+            batch.commit()
+        except BaseException:
+            batch.abort()
+            raise
+        self.consistent_index = max(ci, entries[-1].Index)
+        return out
+
+    def install_snapshot(self, snapshot: raft_pb2.Snapshot, db_path: str) -> None:
+        """Replace the backend's content with the leader's snapshot at `db_path`."""
+        self._log.info("applying snapshot at index {index}...", index=snapshot.metadata.index)
+        self._store.backend.load_from(db_path)
+        with self._store.backend.begin_read() as txn:
+            self._cluster.load(txn)
+        self.consistent_index = self._store.consistent_index()
+
+    def _apply_normal(self, batch: Any, data: bytes, out: AppliedBatch) -> None:
+        if data[0] == _V2_TAG:
+            r = etcdserver_pb2.Request.FromString(data)
+            self._cluster.apply_v2(batch.raw_txn, r.Method, r.Path, r.Val)
+            out.members_changed = True
+            out.results.append((r.ID, None))
+            return
+        ir = raft_internal_pb2.InternalRaftRequest.FromString(data)
+        for kind in _WRITE_KINDS:
+            if ir.HasField(kind):
+                try:
+                    result = self._apply_kind[kind](batch, getattr(ir, kind))
+                except (ServerError, MVCCError) as e:
+                    result = e
+                if kind == "compaction" and not isinstance(result, BaseException):
+                    out.compaction_scheduled = True
+                out.results.append((ir.header.ID, result))
+                return
+        out.results.append((ir.header.ID, None))
+
+    def _in_txn(self, apply: Callable[[Any, Any], Any], batch: Any, req: Any) -> Any:
+        """Apply one request as one etcd txn of the batch (ended even when refused)."""
+        txn = batch.txn()
+        try:
+            return apply(txn, req)
+        finally:
+            txn.end()
+
+    def _checked_put(self, txn: Any, req: Any) -> Any:
+        self._applier.check_put(txn, req)
+        return self._applier.put(txn, req)
+
+    def _apply_compaction(self, batch: Any, req: Any) -> Any:
+        batch.schedule_compaction(req.revision)
+        resp = pb.CompactionResponse()
+        resp.header.revision = batch.current_revision()
+        return resp
