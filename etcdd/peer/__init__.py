@@ -1,6 +1,8 @@
 """Member-to-member transport: raft messages and snapshots between etcdd members.
 
-`framing` is the wire format (a core); `protocol` holds the Twisted protocols and
+`framing` is the wire format (a core); `connection` the base protocol every peer
+connection is built on and its bounds (`PeerLimits`), `protocol` the inbound side and the
+outbound message stream, `snapshot` the snapshot temp file and sender, and
 `transport.PeerTransport` the connections to every peer (shells). Nothing is re-exported
 here, so importing the core does not import Twisted's networking.
 """

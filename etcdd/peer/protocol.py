@@ -1,10 +1,8 @@
-"""The peer connections: inbound (`PeerServerProtocol`), outbound message streams
-(`MessageStreamClient`) and outbound snapshot streams (`SnapshotStreamClient`).
+"""The inbound side of the peer transport (`PeerServerProtocol`) and the outbound message
+stream (`MessageStreamClient`); snapshot sending lives in `snapshot`.
 
-Shell. Each protocol feeds bytes to `framing.FrameDecoder` and routes the frames through
-a table of the frames it expects now, swapped as the connection advances, so a frame out
-of place is one lookup miss. Bad input (STYLE.md §6 kind 1) gets ERROR with a clear
-reason, a log line, and the close of that connection only.
+Shell. Both are `connection.FrameProtocol`s: frames routed by a table of the frames
+expected now, bad input answered with ERROR and the close of that connection only.
 
 Matches etcd 3.4 rafthttp where it has a rule: a HELLO from another cluster is refused
 as "cluster ID mismatch" and one meant for another member as "member ID mismatch"
@@ -14,49 +12,55 @@ complete and checked before the server sees it (`snapshotHandler`, `snap/db.go`)
 A message stream, client first (`>`) and server (`<`)::
 
     > HELLO(stream=MSG)   < HELLO(roles swapped)   > MSG > MSG ...
-A snapshot stream::
 
-    > HELLO(stream=SNAP)  < HELLO   > SNAP_HEADER > SNAP_CHUNK ... > SNAP_END   < ACK | ERROR
+Bounds (`PeerLimits`): at most `max_inbound_connections` accepted connections at a time
+(more are turned away with ERROR "too many peer connections"); HELLO within
+`hello_timeout_seconds`; on a snapshot stream a frame at least every
+`snapshot_idle_seconds` and at most `max_snapshot_bytes` of db.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Protocol as TypingProtocol
+from typing import TYPE_CHECKING, Any, Protocol as TypingProtocol
 
 from twisted.internet.defer import maybeDeferred
-from twisted.internet.interfaces import IPullProducer, IPushProducer
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from etcdd.peer.framing import (SHA256_BYTES, SNAP_CHUNK_BYTES, FrameDecoder, FrameKind,
-                                Hello, PeerFrameError, StreamKind, decode_error,
+from etcdd.peer.connection import (HELLO_TIMEOUT_REASON, FrameProtocol, OutboundProtocol,
+                                   PeerLimits, hello_reply_mismatch)
+from etcdd.peer.framing import (SHA256_BYTES, FrameKind, Hello, PeerFrameError, StreamKind,
                                 decode_hello, decode_message, encode_error, encode_frame,
-                                encode_hello, frame_header)
+                                encode_hello)
+from etcdd.peer.snapshot import (IncomingSnapshot, SnapshotStreamClient, remove_if_exists,
+                                 snapshot_part_path)
 from etcdd.proto import raft_pb2
 
 if TYPE_CHECKING:
     from etcdd.peer.transport import IRaftPeerHandler
 
+__all__ = ["ILinkEvents", "MessageStreamClient", "PeerContext", "PeerLimits",
+           "PeerServerProtocol", "SnapshotStreamClient", "STOPPED_REASON",
+           "TOO_MANY_CONNECTIONS_REASON", "hello_reply_mismatch", "remove_if_exists",
+           "snapshot_part_path"]
+
 _ACK_FRAME = encode_frame(FrameKind.ACK)
-_REFUSED = "closing peer connection {address}: {reason}"
 STOPPED_REASON = "member stopped"
-
-
-def snapshot_part_path(snapshot_dir: str, index: int) -> str:
-    """Where the snapshot db at raft `index` is received: `tmp-<index %016x>.snap.db.part`."""
-    return os.path.join(snapshot_dir, f"tmp-{index:016x}.snap.db.part")
+TOO_MANY_CONNECTIONS_REASON = "too many peer connections"
+# a flood of connections is one warning per this many seconds, not one per connection
+TURNED_AWAY_LOG_SECONDS = 10.0
 
 
 @dataclass(slots=True)
 class PeerContext:
     """What every inbound connection shares: the local member and its bookkeeping.
 
-    Invariant: `receiving` holds the temp path of every snapshot being received or being
-    installed by the handler; no two connections write the same path.
+    Invariants: `receiving` holds the temp path of every snapshot being received or being
+    installed by the handler; no two connections write the same path. `inbound` holds
+    every accepted connection not yet lost, never more than
+    `limits.max_inbound_connections`. Without a `reactor` nothing times out.
     """
     local_id: int
     cluster_id: int
@@ -66,6 +70,10 @@ class PeerContext:
     receiving: set[str] = field(default_factory=set)
     inbound: set[PeerServerProtocol] = field(default_factory=set)
     stopped: bool = False           # the transport stopped: new connections are turned away
+    reactor: IReactorTime | None = None
+    limits: PeerLimits = PeerLimits()
+    turned_away: int = 0            # connections turned away since the last warning
+    turned_away_logged_at: float | None = None
 
 
 class ILinkEvents(TypingProtocol):
@@ -81,156 +89,33 @@ class ILinkEvents(TypingProtocol):
         """The connection is being closed over `reason`, sent by the peer or by us."""
 
 
-def hello_reply_mismatch(sent: Hello, reply: Hello) -> str | None:
-    """Why `reply` is not the answer to `sent`, or None if it is."""
-    if reply.cluster_id != sent.cluster_id:
-        return "cluster ID mismatch"
-    if reply.from_id != sent.to_id or reply.to_id != sent.from_id:
-        return "member ID mismatch"
-    if reply.stream != sent.stream:
-        return "stream kind mismatch"
-    return None
-
-
-class _FrameProtocol(Protocol):
-    """Frames in, dispatched by the table of frames expected now.
-
-    Invariant: once `closed`, no input is processed and nothing but the ERROR already
-    queued is written.
-    """
-
-    _log = Logger()
-
-    def __init__(self, max_frame_bytes: int) -> None:
-        self._decoder = FrameDecoder(max_frame_bytes)
-        self._handlers: dict[int, Callable[[bytes], None]] = {}
-        self._expecting = "HELLO"
-        self.closed = False
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.closed:
-            return
-        frames = self._decoder.feed(data)
-        try:
-            for kind, payload in frames:
-                handler = self._handlers.get(kind)
-                if handler is None:
-                    raise PeerFrameError(f"unexpected {FrameKind(kind).name} frame "
-                                         f"(expected {self._expecting})")
-                handler(payload)
-                if self.closed:
-                    return
-        except PeerFrameError as e:
-            self._refuse(str(e))
-            return
-        if self._decoder.error is not None:
-            self._refuse(str(self._decoder.error))
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.closed:
-            try:
-                self._decoder.end_of_stream()
-            except PeerFrameError as e:
-                self._log.info("peer connection {address} lost: {reason}",
-                               address=self._address(), reason=str(e))
-        self.closed = True
-        self._handlers = {}
-
-    def close(self) -> None:
-        """Stop reading and close the connection (what was written is still sent)."""
-        if not self.closed:
-            self.closed = True
-            self._handlers = {}
-            self._closing()
-            self.transport.loseConnection()
-
-    def _expect(self, what: str, handlers: dict[int, Callable[[bytes], None]]) -> None:
-        """From now on accept only `handlers` (plus ERROR); `what` names them in errors."""
-        self._expecting = what
-        self._handlers = {FrameKind.ERROR: self._on_error, **handlers}
-
-    def _refuse(self, reason: str, log_format: str = _REFUSED, **fields: Any) -> None:
-        """Answer bad input: ERROR(`reason`), a log line, close this connection."""
-        self._log_refusal(reason, log_format, fields)
-        self.transport.write(encode_error(reason))
-        self.close()
-
-    def _on_error(self, payload: bytes) -> None:
-        self._peer_refused(decode_error(payload))
-        self.close()
-
-    def _log_refusal(self, reason: str, log_format: str, fields: dict[str, Any]) -> None:
-        self._log.warn(log_format, address=self._address(), reason=reason, **fields)
-
-    def _peer_refused(self, reason: str) -> None:
-        self._log.warn("peer connection {address} closed by the peer: {reason}",
-                       address=self._address(), reason=reason)
-
-    def _closing(self) -> None:
-        """Hook: the connection is being closed by us."""
-
-    def _address(self) -> str:
-        peer = self.transport.getPeer() if self.transport is not None else None
-        host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-        return str(peer) if host is None else f"{host}:{port}"
-
-
-class _IncomingSnapshot:
-    """A snapshot db being written to its temp file; `sha256` covers every chunk so far."""
-
-    __slots__ = ("message", "path", "file", "sha256", "size")
-
-    def __init__(self, message: raft_pb2.Message, path: str) -> None:
-        self.message, self.path = message, path
-        try:
-            self.file: BinaryIO = open(path, "xb")
-        except FileExistsError:         # left by a receive this process no longer runs
-            os.unlink(path)
-            self.file = open(path, "xb")
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def write(self, chunk: bytes) -> None:
-        self.file.write(chunk)
-        self.sha256.update(chunk)
-        self.size += len(chunk)
-
-    def discard(self) -> None:
-        """Close and delete the temp file (already gone is fine)."""
-        self.file.close()
-        remove_if_exists(self.path)
-
-
-def remove_if_exists(path: str) -> None:
-    """Delete the file at `path`; one already gone is fine."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-class PeerServerProtocol(_FrameProtocol):
+class PeerServerProtocol(FrameProtocol):
     """The accepting side of one peer connection: a message stream or a snapshot stream.
 
     Invariants: MSG frames reach `handler.process` in arrival order; a snapshot reaches
-    `handler.receive_snapshot` only complete and sha256-verified; a temp file of a
-    stream that failed before that is deleted.
+    `handler.receive_snapshot` only complete, sha256-verified and within
+    `max_snapshot_bytes`; a temp file of a stream that failed before that is deleted.
     """
 
     def __init__(self, context: PeerContext) -> None:
-        super().__init__(context.max_frame_bytes)
+        super().__init__(context.max_frame_bytes, context.reactor)
         self._context = context
         self._handler = context.handler
         self._peer_id = 0
-        self._incoming: _IncomingSnapshot | None = None
+        self._incoming: IncomingSnapshot | None = None
         self._expect("HELLO", {FrameKind.HELLO: self._on_hello})
 
     def connectionMade(self) -> None:
-        if self._context.stopped:
-            self.transport.write(encode_error(STOPPED_REASON))
-            self.close()
+        context = self._context
+        if context.stopped:
+            self._turn_away(STOPPED_REASON)
             return
-        self._context.inbound.add(self)
+        if len(context.inbound) >= context.limits.max_inbound_connections:
+            self._turn_away(TOO_MANY_CONNECTIONS_REASON)
+            self._log_turned_away()
+            return
+        context.inbound.add(self)
+        self._set_deadline(context.limits.hello_timeout_seconds, HELLO_TIMEOUT_REASON)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
@@ -239,6 +124,25 @@ class PeerServerProtocol(_FrameProtocol):
 
     def _closing(self) -> None:
         self._abort_incoming()
+
+    def _turn_away(self, reason: str) -> None:
+        """Refuse a connection before it said anything: ERROR(`reason`), close, no log."""
+        self.transport.write(encode_error(reason))
+        self.close()
+
+    def _log_turned_away(self) -> None:
+        """Warn of connections turned away for capacity, once per TURNED_AWAY_LOG_SECONDS."""
+        context = self._context
+        context.turned_away += 1
+        now = self._reactor.seconds() if self._reactor is not None else 0.0
+        last = context.turned_away_logged_at
+        if last is not None and now - last < TURNED_AWAY_LOG_SECONDS:
+            return
+        self._log.warn("refused peer connection {address}: {reason} (limit {limit}; "
+                       "{count} turned away since the last report)", address=self._address(),
+                       reason=TOO_MANY_CONNECTIONS_REASON, count=context.turned_away,
+                       limit=context.limits.max_inbound_connections)
+        context.turned_away, context.turned_away_logged_at = 0, now
 
     def _on_hello(self, payload: bytes) -> None:
         hello, context = decode_hello(payload), self._context
@@ -258,8 +162,11 @@ class PeerServerProtocol(_FrameProtocol):
         self._peer_id = hello.from_id
         self.transport.write(encode_hello(hello.reply()))
         if hello.stream is StreamKind.MSG:
+            self._cancel_deadline()     # NB: a quiet message stream is fine (no leader yet)
             self._expect("MSG", {FrameKind.MSG: self._on_msg})
         else:
+            seconds = context.limits.snapshot_idle_seconds
+            self._set_deadline(seconds, f"no snapshot frame for {seconds:g} s")
             self._expect("SNAP_HEADER", {FrameKind.SNAP_HEADER: self._on_snap_header})
 
     def _on_msg(self, payload: bytes) -> None:
@@ -275,20 +182,25 @@ class PeerServerProtocol(_FrameProtocol):
         if path in self._context.receiving:
             raise PeerFrameError(f"a snapshot at index {index} is already being received")
         try:
-            self._incoming = _IncomingSnapshot(message, path)
+            self._incoming = IncomingSnapshot(message, path)
         except OSError as e:
             self._log.error("cannot create {path}: {error}", path=path, error=e)
             raise PeerFrameError(f"cannot create the snapshot file: {e.strerror}") from None
         self._context.receiving.add(path)
+        self._made_progress()
         self._expect("SNAP_CHUNK or SNAP_END", {FrameKind.SNAP_CHUNK: self._on_snap_chunk,
                                                 FrameKind.SNAP_END: self._on_snap_end})
 
     def _on_snap_chunk(self, payload: bytes) -> None:
+        incoming, limit = self._incoming, self._context.limits.max_snapshot_bytes
+        if incoming.size + len(payload) > limit:
+            raise PeerFrameError(f"snapshot is over the limit of {limit} bytes")
         try:
-            self._incoming.write(payload)
+            incoming.write(payload)
         except OSError as e:
-            self._log.error("cannot write {path}: {error}", path=self._incoming.path, error=e)
+            self._log.error("cannot write {path}: {error}", path=incoming.path, error=e)
             raise PeerFrameError(f"cannot write the snapshot file: {e.strerror}") from None
+        self._made_progress()
 
     def _on_snap_end(self, payload: bytes) -> None:
         incoming = self._incoming
@@ -302,6 +214,7 @@ class PeerServerProtocol(_FrameProtocol):
         except OSError as e:
             raise PeerFrameError(f"cannot write the snapshot file: {e.strerror}") from None
         self._incoming = None
+        self._cancel_deadline()          # the install is ours; the sender bounds its wait
         self._expect("nothing while the snapshot is installed", {})
         self._log.info("received snapshot at index {index} from peer {peer_id:x} "
                        "({size} bytes)", index=incoming.message.snapshot.metadata.index,
@@ -332,34 +245,8 @@ class PeerServerProtocol(_FrameProtocol):
             incoming.discard()
 
 
-class _OutboundProtocol(_FrameProtocol):
-    """An outbound connection: sends `hello` first and checks the peer's answer."""
-
-    def __init__(self, hello: Hello, max_frame_bytes: int) -> None:
-        super().__init__(max_frame_bytes)
-        self._hello = hello
-
-    def connectionMade(self) -> None:
-        self.transport.write(encode_hello(self._hello))
-        self._expect("HELLO", {FrameKind.HELLO: self._on_hello_reply})
-
-    def _on_hello_reply(self, payload: bytes) -> None:
-        reply = decode_hello(payload)
-        mismatch = hello_reply_mismatch(self._hello, reply)
-        if mismatch is not None:
-            self._refuse(mismatch, "refused peer {peer_id:x} at {address}: {reason} "
-                         "(it says cluster {cluster:x}, member {member:x})",
-                         peer_id=self._hello.to_id, cluster=reply.cluster_id,
-                         member=reply.from_id)
-            return
-        self._accepted()
-
-    def _accepted(self) -> None:
-        """Hook: the peer answered our HELLO correctly."""
-
-
 @implementer(IPushProducer)
-class MessageStreamClient(_OutboundProtocol):
+class MessageStreamClient(OutboundProtocol):
     """The outbound message stream to one peer.
 
     Invariants: `write_frames` hands bytes to the transport at once unless TCP asked us to
@@ -367,8 +254,10 @@ class MessageStreamClient(_OutboundProtocol):
     """
 
     def __init__(self, hello: Hello, link: ILinkEvents, max_frame_bytes: int,
-                 max_queued_bytes: int) -> None:
-        super().__init__(hello, max_frame_bytes)
+                 max_queued_bytes: int, *, reactor: IReactorTime | None = None,
+                 limits: PeerLimits = PeerLimits()) -> None:
+        """Without `reactor` the peer's HELLO is awaited forever (wire-format tests only)."""
+        super().__init__(hello, max_frame_bytes, reactor, limits)
         self._link = link
         self._max_queued_bytes = max_queued_bytes
         self._paused = False
@@ -434,78 +323,3 @@ class MessageStreamClient(_OutboundProtocol):
 
     def _peer_refused(self, reason: str) -> None:
         self._link.stream_refused(reason, by_peer=True)
-
-
-@implementer(IPullProducer)
-class SnapshotStreamClient(_OutboundProtocol):
-    """The outbound stream of one snapshot: header, chunks read as TCP drains, sha256.
-
-    Invariant: `on_done` is called exactly once: with None after the receiver's ACK, with
-    the reason after its ERROR, a local failure or the loss of the connection.
-    """
-
-    def __init__(self, hello: Hello, header: bytes, source: BinaryIO, max_frame_bytes: int,
-                 on_done: Callable[[str | None], None]) -> None:
-        super().__init__(hello, max_frame_bytes)
-        self._header, self._source, self._on_done = header, source, on_done
-        self._sha256 = hashlib.sha256()
-        self._producing = False
-        self.sent_bytes = 0
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)
-        self._source.close()
-        self._finish(f"connection lost before ACK: {reason.getErrorMessage()}")
-
-    def _accepted(self) -> None:
-        self._expect("nothing while sending", {})
-        self.transport.write(encode_frame(FrameKind.SNAP_HEADER, self._header))
-        self._producing = True
-        self.transport.registerProducer(self, False)
-
-    # IPullProducer: one chunk each time TCP's buffer empties
-
-    def resumeProducing(self) -> None:
-        if self.closed or not self._producing:
-            return
-        try:
-            chunk = self._source.read(SNAP_CHUNK_BYTES)
-        except OSError as e:
-            self._refuse(f"cannot read the snapshot: {e.strerror}")
-            return
-        if chunk:
-            self._sha256.update(chunk)
-            self.sent_bytes += len(chunk)
-            self.transport.writeSequence((frame_header(FrameKind.SNAP_CHUNK, len(chunk)), chunk))
-            return
-        self._stop_producing()
-        self._source.close()
-        self.transport.write(encode_frame(FrameKind.SNAP_END, self._sha256.digest()))
-        self._expect("ACK", {FrameKind.ACK: self._on_ack})
-
-    def stopProducing(self) -> None:
-        self._producing = False
-
-    def _on_ack(self, payload: bytes) -> None:
-        self._finish(None)
-        self.close()
-
-    def _stop_producing(self) -> None:
-        if self._producing:
-            self._producing = False
-            self.transport.unregisterProducer()
-
-    def _closing(self) -> None:
-        self._stop_producing()     # NB: TCP closes only once no pull producer is registered
-
-    def _log_refusal(self, reason: str, log_format: str, fields: dict[str, Any]) -> None:
-        super()._log_refusal(reason, log_format, fields)
-        self._finish(reason)
-
-    def _peer_refused(self, reason: str) -> None:
-        self._finish(f"refused by the peer: {reason}")
-
-    def _finish(self, failure_reason: str | None) -> None:
-        on_done, self._on_done = self._on_done, None
-        if on_done is not None:
-            on_done(failure_reason)

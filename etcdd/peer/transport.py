@@ -10,6 +10,12 @@ Like etcd's `peer.send`, a message for a peer whose stream is down, or whose uns
 bytes are over the bound, is dropped and raft is told the peer is unreachable; raft's
 own retries (heartbeats, probes) resend what matters. Performance model: one
 `transport.write` per peer per `send()` call, serialization only for live peers.
+
+Bounds (`connection.PeerLimits`, each a constructor argument): HELLO answered within
+10 s either way; a snapshot stream moving at least every 30 s and ACKed within 120 s of
+its end; at most 256 inbound connections; a received snapshot of at most 8 GiB. A peer
+that refuses our stream with ERROR is redialled after 1 s at the earliest, not at the
+0.2 s kept for a plain connection loss, so a misconfigured member is not hammered.
 """
 from __future__ import annotations
 
@@ -27,9 +33,13 @@ from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from etcdd.peer.connection import (HELLO_TIMEOUT_SECONDS, MAX_INBOUND_CONNECTIONS,
+                                   MAX_SNAPSHOT_BYTES, REFUSED_RETRY_SECONDS,
+                                   SNAPSHOT_ACK_TIMEOUT_SECONDS, SNAPSHOT_IDLE_SECONDS,
+                                   PeerLimits)
 from etcdd.peer.framing import FrameKind, Hello, StreamKind, frame_header
-from etcdd.peer.protocol import (MessageStreamClient, PeerContext, PeerServerProtocol,
-                                 SnapshotStreamClient, remove_if_exists)
+from etcdd.peer.protocol import MessageStreamClient, PeerContext, PeerServerProtocol
+from etcdd.peer.snapshot import SnapshotStreamClient, remove_if_exists
 from etcdd.proto import raft_pb2
 
 INITIAL_RETRY_SECONDS = 0.05
@@ -159,14 +169,25 @@ class _PeerLink:
         self.active_since: float | None = None
         self.snapshot: _OutboundSnapshot | None = None
         self._last_refusal: str | None = None
+        self._refused = False           # the last stream ended in ERROR: redial slowly
         self.service = _PeerService(self.endpoint, _ProtocolFactory(self._build_stream),
-                                    retryPolicy=owner._retry_policy, clock=owner._reactor)
+                                    retryPolicy=self._retry_delay, clock=owner._reactor)
 
     def _build_stream(self) -> MessageStreamClient:
         owner = self.owner
         self.connection = MessageStreamClient(owner._hello(self.member_id, StreamKind.MSG), self,
-                                              owner._max_frame_bytes, owner._max_queued_bytes)
+                                              owner._max_frame_bytes, owner._max_queued_bytes,
+                                              reactor=owner._reactor, limits=owner._limits)
         return self.connection
+
+    def _retry_delay(self, failed_attempts: int) -> float:
+        """Seconds until the next dial: the backoff, or at least `refused_retry_seconds`
+        after a refusal (TCP connected fine, so the backoff alone would restart at ~0.1 s)."""
+        delay = self.owner._retry_policy(failed_attempts)
+        if self._refused:
+            self._refused = False
+            delay = max(delay, self.owner._limits.refused_retry_seconds)
+        return delay
 
     def close(self) -> Deferred:
         """Stop the service; fires once the connection, if any, is closed."""
@@ -191,7 +212,9 @@ class _PeerLink:
             self._log.info("peer {id:x} became inactive", id=self.member_id)
 
     def stream_refused(self, reason: str, by_peer: bool) -> None:
-        """Log a refusal once per distinct reason, not on every reconnection."""
+        """Log a refusal once per distinct reason, not on every reconnection, and make
+        the next redial wait."""
+        self._refused = True
         if reason != self._last_refusal:
             self._last_refusal = reason
             self._log.warn("peer {id:x} at {url}: {reason} ({side})", id=self.member_id,
@@ -239,7 +262,9 @@ class _OutboundSnapshot:
         source = open(path, "rb")
         hello = self.owner._hello(self.link.member_id, StreamKind.SNAP)
         self.protocol = SnapshotStreamClient(hello, self.message.SerializeToString(), source,
-                                             self.owner._max_frame_bytes, self.finish)
+                                             self.owner._max_frame_bytes, self.finish,
+                                             reactor=self.owner._reactor,
+                                             limits=self.owner._limits)
         protocol = self.protocol
         self._connecting = self.link.endpoint.connect(_ProtocolFactory(lambda: protocol))
         self._connecting.addCallbacks(self._connected, self._connect_failed,
@@ -290,10 +315,23 @@ class PeerTransport:
                  handler: IRaftPeerHandler, snapshot_dir: str,
                  max_frame_bytes: int = 16 << 20, max_queued_bytes_per_peer: int = 64 << 20,
                  *, endpoint_factory: EndpointFactory | None = None,
-                 rand: random.Random | None = None) -> None:
+                 rand: random.Random | None = None,
+                 hello_timeout_seconds: float = HELLO_TIMEOUT_SECONDS,
+                 snapshot_idle_seconds: float = SNAPSHOT_IDLE_SECONDS,
+                 snapshot_ack_timeout_seconds: float = SNAPSHOT_ACK_TIMEOUT_SECONDS,
+                 max_inbound_connections: int = MAX_INBOUND_CONNECTIONS,
+                 max_snapshot_bytes: int = MAX_SNAPSHOT_BYTES,
+                 refused_retry_seconds: float = REFUSED_RETRY_SECONDS) -> None:
         """`endpoint_factory` turns a peer URL into a client endpoint (default: TCP on
-        `reactor`); tests pass an in-memory one. `rand` jitters the reconnect backoff."""
+        `reactor`); tests pass an in-memory one. `rand` jitters the reconnect backoff.
+        The rest are the bounds of `connection.PeerLimits` (see there)."""
         self._reactor = reactor
+        self._limits = PeerLimits(
+            hello_timeout_seconds=hello_timeout_seconds,
+            snapshot_idle_seconds=snapshot_idle_seconds,
+            snapshot_ack_timeout_seconds=snapshot_ack_timeout_seconds,
+            max_inbound_connections=max_inbound_connections,
+            max_snapshot_bytes=max_snapshot_bytes, refused_retry_seconds=refused_retry_seconds)
         self._local_id, self._cluster_id = local_id, cluster_id
         self._handler = handler
         self._max_frame_bytes = max_frame_bytes
@@ -304,7 +342,7 @@ class PeerTransport:
             initialDelay=INITIAL_RETRY_SECONDS, maxDelay=MAX_RETRY_SECONDS, factor=RETRY_FACTOR,
             jitter=lambda: rand.random() * INITIAL_RETRY_SECONDS)
         self._context = PeerContext(local_id, cluster_id, handler, snapshot_dir,
-                                    max_frame_bytes)
+                                    max_frame_bytes, reactor=reactor, limits=self._limits)
         self._links: dict[int, _PeerLink] = {}
         self._running = False
         self._stopped = False           # stop() was called: the handler hears nothing more

@@ -171,8 +171,11 @@ class Cluster:
     """PeerTransports for `ids`, each listening on `url(id)`, all peers added, started."""
 
     def __init__(self, test: SynchronousTestCase, ids: tuple[int, ...] = (1, 2, 3),
-                 max_queued_bytes: int = 64 << 20, start: bool = True) -> None:
+                 max_queued_bytes: int = 64 << 20, start: bool = True,
+                 **options: Any) -> None:
+        """`options` are PeerTransport keyword arguments for every member."""
         self.clock = Clock()
+        self.options = options
         self.network = FakeNetwork(self.clock)
         self.handlers: dict[int, FakeHandler] = {}
         self.transports: dict[int, PeerTransport] = {}
@@ -198,7 +201,7 @@ class Cluster:
         transport = PeerTransport(self.clock, member_id, cluster_id, handler, snapshot_dir,
                                   max_queued_bytes_per_peer=max_queued_bytes,
                                   endpoint_factory=self.network.endpoint_factory(member_id),
-                                  rand=random.Random(member_id))
+                                  rand=random.Random(member_id), **self.options)
         self.transports[member_id] = transport
         self.snapshot_dirs[member_id] = snapshot_dir
         if listen:
