@@ -131,8 +131,10 @@ class ClusterKVTests(ClusterTestCase):
                               derived_member_id([member.peer_url], self.token)))
 
     def test_endpoint_status_json(self) -> None:
-        """endpoint status --cluster -w json: one leader and one term named by all three."""
-        statuses = self.ctl_json("endpoint", "status", "--cluster")
+        """endpoint status --cluster -w json: one leader and one term named by all three
+        (once every member applied the leader's entries: the reported term is the last
+        applied entry's, in etcd 3.4 as here)."""
+        statuses = self.agreed_statuses()
         self.assertEqual(sorted(s["Endpoint"] for s in statuses),
                          sorted(m.client_url for m in self.cluster.members))
         ids = {derived_member_id([m.peer_url], self.token) for m in self.cluster.members}
@@ -149,8 +151,20 @@ class ClusterKVTests(ClusterTestCase):
             self.assertRegex(status["version"], r"^3\.4\.\d+$")
             self.assertFalse(status.get("errors"))
 
+    def agreed_statuses(self) -> list:
+        """`endpoint status --cluster -w json` once all members name one leader and term."""
+        found: list = []
+
+        def agreed() -> bool:
+            found[:] = self.ctl_json("endpoint", "status", "--cluster")
+            return (len({s["Status"]["leader"] for s in found}) == 1
+                    and len({s["Status"]["raftTerm"] for s in found}) == 1)
+        self.wait(agreed, 15, "the members to agree on leader and term")
+        return found
+
     def test_endpoint_status_table(self) -> None:
         """endpoint status --cluster -w table: etcd's columns, exactly one leader row."""
+        self.agreed_statuses()
         rows = table_rows(self.ctl_ok("endpoint", "status", "--cluster", "-w", "table"))
         self.assertEqual(rows[0], STATUS_COLUMNS)
         body = rows[1:]
