@@ -38,3 +38,35 @@ class LeaderFailoverTests(ClusterTestCase):
             self.assertEqual(got["count"], 11, member.name)
             self.assertEqual(got["header"]["revision"], revision)
             self.assertEqual(self.ctl_ok("get", "before/9", on=member), "before/9\n9\n")
+
+
+class FiveMemberTests(ClusterTestCase):
+    """A 5-member cluster keeps serving through the loss of two members."""
+    size = 5
+
+    def test_two_of_five_down_including_the_leader(self) -> None:
+        """kill -9 of the leader and one follower: the other three elect a leader and take
+        writes; both return as followers and converge on the same revision and hashkv."""
+        for i in range(10):
+            self.ctl_ok("put", f"five/before/{i}", str(i))
+        old = self.wait_leader()
+        follower = next(m for m in self.cluster.members if m is not old)
+        with phase("kill -9 the leader and a follower"):
+            self.cluster.kill(old)
+            self.cluster.kill(follower)
+            self.wait_leader(15, not_in=[old, follower])
+        live = self.cluster.running()
+        self.assertEqual(len(live), 3)
+        self.wait_ready(live)
+        for member in live:
+            self.assertEqual(self.ctl_ok("put", f"five/during/{member.name}", "x", on=member),
+                             "OK\n")
+        with phase("restart both, catch up"):
+            self.cluster.start_member(old, wait=False)
+            self.cluster.start_member(follower, wait=False)
+            self.wait_ready()
+            revision = self.wait_converged()
+        for member in self.cluster.members:
+            got = self.ctl_json("get", "five/", "--prefix", "--consistency=s", on=member)
+            self.assertEqual(got["count"], 13, member.name)
+            self.assertEqual(got["header"]["revision"], revision)
