@@ -170,7 +170,11 @@ class PeerServerProtocol(FrameProtocol):
             self._expect("SNAP_HEADER", {FrameKind.SNAP_HEADER: self._on_snap_header})
 
     def _on_msg(self, payload: bytes) -> None:
-        self._handler.process(decode_message(payload))
+        message = decode_message(payload)
+        if message.type == raft_pb2.MsgSnap:
+            # NB: a snapshot arrives only on a snapshot stream, with its database.
+            raise PeerFrameError("MsgSnap on a message stream")
+        self._handler.process(message)
 
     def _on_snap_header(self, payload: bytes) -> None:
         message = decode_message(payload)

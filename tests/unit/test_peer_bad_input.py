@@ -105,6 +105,15 @@ class InboundTests(_InboundCase):
                             "'raftpb.Message': Wire format was corrupt")
         self.assertEqual(self.cluster.handlers[2].processed[0], message(2, index=5))
 
+    def test_msgsnap_on_message_stream(self) -> None:
+        """A MsgSnap without its database (on the message stream) is refused, never
+        handed to raft."""
+        self.assert_refused(HELLO_MSG + encode_frame(FrameKind.MSG,
+                                                     msg_snap(2).SerializeToString()),
+                            "MsgSnap on a message stream")
+        self.assertEqual([m.type for m in self.cluster.handlers[2].processed],
+                         [message(2).type])     # only assert_still_serving's message
+
     def test_msg_before_hello(self) -> None:
         """Anything before HELLO is refused."""
         self.assert_refused(encode_frame(FrameKind.MSG, message(2).SerializeToString()),
