@@ -25,10 +25,11 @@ with the data. A write that would pass it fails with `lmdb.MapFullError`; keep t
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import lmdb
 
+T = TypeVar("T")
 DEFAULT_MAP_SIZE = 8 << 30
 DB_NAMES: tuple[bytes, ...] = (
     b"alarm", b"auth", b"authRoles", b"authUsers", b"cluster", b"index", b"key", b"lease",
@@ -93,20 +94,20 @@ class Backend:
         """Flush every committed page, the meta page included (disk thread)."""
         self.env.sync(True)
 
-    def copy_to(self, path: str, meta_keys: tuple[bytes, ...] = ()) -> list[bytes | None]:
+    def copy_to(self, path: str, inspect: Callable[[Any], T]) -> T:
         """Write a consistent, compacted copy of the environment to the new file `path`,
         taken from one read transaction while writers go on (never a file copy of a live
-        environment); returns the `meta` values of `meta_keys` in that same transaction.
-        Runs off the reactor; O(data)."""
+        environment); returns `inspect(txn)` of that same transaction, which describes
+        what was copied. Runs off the reactor; O(data)."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with self.env.begin() as txn:
-                values = [txn.get(k, db=self.dbs[b"meta"]) for k in meta_keys]
+                seen = inspect(txn)
                 self.env.copyfd(fd, compact=True, txn=txn)
             os.fsync(fd)
         finally:
             os.close(fd)
-        return values
+        return seen
 
     def load_from(self, path: str) -> None:
         """Replace every database's content with the content of the LMDB file `path` (a

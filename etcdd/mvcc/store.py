@@ -460,11 +460,17 @@ class KVStore:
                     h = crc32c.crc32c(v, crc32c.crc32c(k, h))
         return h
 
-    def copy_to(self, path: str) -> tuple[int, int]:
+    def copy_to(self, path: str) -> tuple[int, int, list[tuple[bytes, bytes]]]:
         """A consistent copy of the backend in the new file `path` (`Backend.copy_to`);
-        returns the (consistent index, term) the copy holds. Off the reactor."""
-        index, term = self._backend.copy_to(path, (CONSISTENT_INDEX, TERM))
-        return _u64(index, 0), _u64(term, 0)
+        returns what the copy holds: its consistent index, term and `members` records.
+        Off the reactor."""
+        meta, members = self._dbs[b"meta"], self._dbs[b"members"]
+
+        def inspect(txn: Any) -> tuple[int, int, list[tuple[bytes, bytes]]]:
+            return (_u64(txn.get(CONSISTENT_INDEX, db=meta), 0),
+                    _u64(txn.get(TERM, db=meta), 0),
+                    list(txn.cursor(members).iternext()))
+        return self._backend.copy_to(path, inspect)
 
     # -- writes (disk thread) ----------------------------------------------------------
 

@@ -243,6 +243,12 @@ class RawNode:
     def _soft_state(self) -> SoftState:
         return SoftState(self._raft.lead, self._raft.state)
 
+    @property
+    def pending_snapshot_index(self) -> int:
+        """The index of a snapshot raft took but the shell has not persisted yet, else 0."""
+        snap = self._raft.raft_log.unstable.snapshot
+        return snap.metadata.index if snap is not None else 0
+
     def has_ready(self) -> bool:
         """Whether `ready()` would have anything to do."""
         r = self._raft

@@ -31,10 +31,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from etcdd.peer.snapshot import remove_if_exists
 from etcdd.peer.transport import IRaftPeerHandler
 from etcdd.proto import raft_pb2
-from etcdd.raft import RaftError, RawNode, StateType
-from etcdd.wal.wal import WALSnapshot
+from etcdd.raft import (ProposalDroppedError, RaftInvariantError, RawNode, StateType,
+                        StepLocalMsgError, StepPeerNotFoundError)
+from etcdd.server.cluster import member_from_json
+from etcdd.wal.wal import WALSnapshot, fsync_dir
 
 # etcd 3.4 etcdserver/server.go snapshotCatchUpEntriesN
 SNAPSHOT_CATCH_UP_ENTRIES = 5000
@@ -65,7 +68,10 @@ class RaftLoop:
                  heartbeat_seconds: float, snapshot_count: int, max_wals: int = 5,
                  max_snapshots: int = 5, snapshot_index: int = 0,
                  conf_state: raft_pb2.ConfState | None = None,
-                 on_fatal: Callable[[Failure], None] | None = None) -> None:
+                 on_fatal: Callable[[Failure], None] | None = None,
+                 run_in_pool: Callable[..., Deferred] | None = None) -> None:
+        """`run_in_pool(fn, *args)` runs bulk file work (snapshot copies and fsyncs) off
+        both the reactor and the ordered disk thread; the reactor's pool by default."""
         self.node = node
         self.storage = storage
         self.wal = wal
@@ -82,6 +88,9 @@ class RaftLoop:
         self.snapshot_index = snapshot_index
         self.conf_state = conf_state or raft_pb2.ConfState()
         self._on_fatal = on_fatal or (lambda failure: None)
+        self._run_in_pool = run_in_pool or (
+            lambda fn, *args: deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args))
+        self._sends = 0
         self.transport: Any = None
         self.applied_index = snapshot_index
         self._busy = False
@@ -97,7 +106,7 @@ class RaftLoop:
     def start(self) -> None:
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = self._reactor
-        self._ticker.start(self._heartbeat_seconds, now=False)
+        self._ticker.start(self._heartbeat_seconds, now=False).addErrback(self._failed)
         self.schedule()
 
     def stop(self) -> None:
@@ -130,10 +139,6 @@ class RaftLoop:
         self.node.step(m)
         self.schedule()
 
-    def propose_conf_change(self, cc: raft_pb2.ConfChange) -> None:
-        self.node.propose_conf_change(cc)
-        self.schedule()
-
     def read_index(self, ctx: bytes) -> None:
         self.node.read_index(ctx)
         self.schedule()
@@ -142,20 +147,29 @@ class RaftLoop:
         self.node.transfer_leader(transferee)
         self.schedule()
 
-    def campaign(self) -> None:
-        self.node.campaign()
-        self.schedule()
-
     # IRaftPeerHandler
 
     def process(self, message: raft_pb2.Message) -> None:
+        """A message from a peer's message stream (MsgSnap only ever comes with its
+        database, through `receive_snapshot`)."""
+        if message.type == raft_pb2.MsgSnap:
+            self._log.warn("dropped a MsgSnap without its database from {peer:x}",
+                           peer=getattr(message, "from"))
+            return
+        self._step(message)
+
+    def _step(self, message: raft_pb2.Message) -> None:
         if self._stopped:
             return
         try:
             self.node.step(message)
-        except RaftError as e:
+        except (StepPeerNotFoundError, StepLocalMsgError, ProposalDroppedError) as e:
             self._log.debug("ignored a message from {peer:x}: {error}",
                             peer=getattr(message, "from"), error=e)
+        except Exception:
+            # STYLE.md §6.3: a broken raft invariant stops the member with the evidence.
+            self._failed(Failure())
+            return
         self.schedule()
 
     def report_unreachable(self, member_id: int) -> None:
@@ -167,32 +181,36 @@ class RaftLoop:
         self.schedule()
 
     def snapshot_source(self, message: raft_pb2.Message) -> Deferred:
-        """A consistent copy of the backend for the MsgSnap `message`, taken in a read
-        transaction in the reactor's thread pool (the disk thread keeps writing).
+        """A consistent copy of the backend for the MsgSnap `message`, taken in one read
+        transaction in the thread pool (the disk thread keeps writing).
 
         etcd 3.4 `createMergedSnapshotMessage`: the message is rewritten to describe what
-        is sent, the copy's consistent index and term and the current membership, so the
-        receiver is always in the snapshot's ConfState and skips nothing it lacks."""
-        path = os.path.join(self.snapshotter.dir, f"tmp-send-{message.to:x}.db")
-        if os.path.exists(path):
-            os.unlink(path)
-        conf_state = raft_pb2.ConfState()
-        conf_state.CopyFrom(self.conf_state)
+        is sent: the copy's consistent index and term, and the membership recorded in that
+        same transaction, so the receiver is in the snapshot's ConfState and skips nothing
+        the copy lacks."""
+        self._sends += 1
+        path = os.path.join(self.snapshotter.dir,
+                            f"tmp-send-{message.to:x}-{self._sends}.db")
 
-        def rewrite(index_term: tuple[int, int]) -> str:
+        def rewrite(seen: tuple[int, int, list[tuple[bytes, bytes]]]) -> str:
+            index, term, members = seen
             meta = message.snapshot.metadata
-            meta.index, meta.term = index_term
-            meta.conf_state.CopyFrom(conf_state)
+            meta.index, meta.term = index, term
+            meta.conf_state.CopyFrom(conf_state_of(members))
             self._log.info("sending database snapshot at index {index} to {peer:x}",
-                           index=meta.index, peer=message.to)
+                           index=index, peer=message.to)
             return path
-        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
-                              self._backend_copy, path)
-        return d.addCallback(rewrite)
+
+        def failed(failure: Failure) -> Failure:
+            remove_if_exists(path)
+            return failure
+        d = self._run_in_pool(self._backend_copy, path)
+        return d.addCallbacks(rewrite, failed)
 
     def receive_snapshot(self, message: raft_pb2.Message, db_path: str) -> Deferred:
-        """Make the received backend durable under its etcd name, then give raft the
-        snapshot; the Ready that carries it installs the backend."""
+        """Make the received backend durable under its etcd name (in the thread pool, not
+        ahead of WAL appends on the disk thread), then give raft the snapshot; the Ready
+        that carries it installs the backend. A snapshot raft does not take is removed."""
         index = message.snapshot.metadata.index
         final = self.snapshotter.db_path(index)
 
@@ -203,17 +221,16 @@ class RaftLoop:
             finally:
                 os.close(fd)
             os.replace(db_path, final)
-            dfd = os.open(os.path.dirname(final), os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(os.path.dirname(final))
 
         def step(_: None) -> None:
             self._log.info("received database snapshot at index {index} from {peer:x}",
                            index=index, peer=getattr(message, "from"))
-            self.process(message)
-        return self._disk.submit(durable).addCallback(step)
+            self._step(message)
+            if self.node.pending_snapshot_index != index:
+                self._log.info("raft did not take the snapshot at index {index}", index=index)
+                remove_if_exists(final)
+        return self._run_in_pool(durable).addCallback(step)
 
     # -- the Ready loop --------------------------------------------------------------------
 
@@ -239,7 +256,8 @@ class RaftLoop:
             sent = True
         self._busy = True
         d = self._disk.submit(self._persist_and_apply, rd)
-        d.addCallbacks(self._persisted, self._failed, callbackArgs=(rd, sent))
+        # NB: addCallback then addErrback, so a failure in _persisted is fatal too.
+        d.addCallback(self._persisted, rd, sent).addErrback(self._failed)
 
     def _send(self, messages: Iterable[raft_pb2.Message]) -> None:
         if self.transport is not None:
@@ -249,11 +267,14 @@ class RaftLoop:
         """Disk thread: snapshot, WAL append + fsync, then apply the committed entries."""
         if rd.snapshot is not None:
             meta = rd.snapshot.metadata
+            if not os.path.exists(self.snapshotter.db_path(meta.index)):
+                raise RaftInvariantError(f"raft took a snapshot at index {meta.index} "
+                                         f"without its database")
             self.snapshotter.save(rd.snapshot)
             self.wal.save_snapshot(WALSnapshot(meta.index, meta.term))
             db_path = self.snapshotter.db_path(meta.index)
             self._host.install_snapshot(rd.snapshot, db_path)
-            os.unlink(db_path)
+            remove_if_exists(db_path)
         if rd.entries or rd.hard_state is not None:
             self.wal.save(rd.hard_state, rd.entries, rd.must_sync)
         if rd.committed_entries:
@@ -290,6 +311,8 @@ class RaftLoop:
 
     def _failed(self, failure: Failure) -> None:
         # STYLE.md §6.4: a WAL or backend failure stops the member; never carry on.
+        if self._stopped:
+            return
         self._log.critical("persisting raft state failed; stopping: {f}",
                            f=failure.getTraceback())
         self.stop()
@@ -304,7 +327,7 @@ class RaftLoop:
         snap = self.storage.create_snapshot(index, self.conf_state, b"")
         self._snapshotting = True
         d = self._disk.submit(self._save_snapshot, snap)
-        d.addCallbacks(self._snapshot_saved, self._failed, callbackArgs=(index,))
+        d.addCallback(self._snapshot_saved, index).addErrback(self._failed)
 
     def _save_snapshot(self, snap: raft_pb2.Snapshot) -> list[str]:
         """Disk thread: the backend must be durable up to the snapshot before the WAL
@@ -315,6 +338,7 @@ class RaftLoop:
         self.wal.save_snapshot(WALSnapshot(meta.index, meta.term))
         released = self.wal.release_before(meta.index, self._max_wals)
         released += self.snapshotter.purge(self._max_snapshots)
+        released += purge_snapshot_dbs(self.snapshotter, meta.index)
         return released
 
     def _snapshot_saved(self, released: list[str], index: int) -> None:
@@ -327,3 +351,28 @@ class RaftLoop:
                 self.storage.compact(compact_to)
                 self._log.info("compacted raft logs at {index}", index=compact_to)
 
+
+
+def conf_state_of(members: list[tuple[bytes, bytes]]) -> raft_pb2.ConfState:
+    """The ConfState that `members` records (hex ID -> member JSON) describe."""
+    parsed = [member_from_json(value, int(key, 16)) for key, value in members]
+    return raft_pb2.ConfState(voters=sorted(m.id for m in parsed if not m.is_learner),
+                              learners=sorted(m.id for m in parsed if m.is_learner))
+
+
+def purge_snapshot_dbs(snapshotter: Any, index: int) -> list[str]:
+    """Remove received backends (`<index>.snap.db`) at or below `index`: installed or
+    superseded (etcd 3.4 `ReleaseSnapDBs`)."""
+    removed = []
+    for name in os.listdir(snapshotter.dir):
+        if not name.endswith(".snap.db"):
+            continue
+        try:
+            at = int(name[:-len(".snap.db")], 16)
+        except ValueError:
+            continue
+        if at <= index:
+            path = os.path.join(snapshotter.dir, name)
+            remove_if_exists(path)
+            removed.append(path)
+    return removed

@@ -76,7 +76,7 @@ class MemorySnapshotter:
     """Keeps saved snapshots in a list; `dir` is where received backends (`db_path`) and
     the copies sent to peers go, so snapshot tests give it a real directory."""
 
-    def __init__(self, directory: str = "/nonexistent") -> None:
+    def __init__(self, directory: str) -> None:
         self.saved: list[raft_pb2.Snapshot] = []
         self.dir = directory
 
@@ -99,7 +99,7 @@ class SingleMember:
         self.store = store
         self.disk = disk if disk is not None else SynchronousExecutor()
         self.wal = MemoryWAL()
-        self.snapshotter = MemorySnapshotter()
+        self.snapshotter = MemorySnapshotter(os.path.dirname(store.backend.path))
         self.storage = MemoryStorage()
         mid = IDENTITY.member_id
         self.node = RawNode(RaftConfig(id=mid, storage=self.storage, election_ticks=10,
