@@ -86,6 +86,7 @@ class MemberService(MultiService):
         self.loop: RaftLoop | None = None
         self.cluster: ClusterState | None = None
         self.transport: PeerTransport | None = None
+        self._in_pool: set[Deferred] = set()
         self.exit_status = 0
 
     def startService(self) -> None:
@@ -149,7 +150,8 @@ class MemberService(MultiService):
                              heartbeat_seconds=c.heartbeat_interval_ms / 1000,
                              snapshot_count=c.snapshot_count, max_wals=c.max_wals,
                              max_snapshots=c.max_snapshots, snapshot_index=r.snapshot_index,
-                             conf_state=r.conf_state, on_fatal=self.member.fatal)
+                             conf_state=r.conf_state, on_fatal=self.member.fatal,
+                             run_in_pool=self._run_in_pool)
         self.member.loop = self.loop
         self.transport = PeerTransport(self._reactor, identity.member_id, identity.cluster_id,
                                        self.loop, c.snap_path,
@@ -179,7 +181,7 @@ class MemberService(MultiService):
         header = HeaderFiller(self.member, self.store)
         KVService(self.member, header, self.config.max_txn_ops).register(router)
         MaintenanceService(self.member, self.store, self.backend, header, self.cluster,
-                           run_read=self._run_read).register(router)
+                           run_read=self._run_in_pool).register(router)
         return router
 
     def _require_leader(self, context: Any) -> None:
@@ -188,9 +190,16 @@ class MemberService(MultiService):
         if context.metadata.get("hasleader") == "true" and not self.loop.lead:
             raise NoLeaderError()
 
-    def _run_read(self, fn: Any, *args: object) -> Deferred:
-        """Run a long read-only LMDB scan in the reactor's thread pool (its own read txn)."""
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
+    def _run_in_pool(self, fn: Any, *args: object) -> Deferred:
+        """Run a long LMDB scan or bulk file work in the reactor's thread pool; stopping
+        waits for these before the backend is closed."""
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
+        self._in_pool.add(d)
+
+        def done(result: Any) -> Any:
+            self._in_pool.discard(d)
+            return result
+        return d.addBoth(done)
 
     def _listen(self) -> None:
         c = self.config
@@ -251,6 +260,8 @@ class MemberService(MultiService):
                                               for f in factories]))
         if transport_stopped is not None:
             d.addBoth(lambda _: transport_stopped)
+        # Scans and snapshot copies in the pool hold LMDB read transactions.
+        d.addBoth(lambda _: DeferredList(list(self._in_pool)))
         d.addBoth(lambda _: self._close_storage())
         return d
 

@@ -55,6 +55,12 @@ def open_raft(config: Any, member_id: int, cluster_id: int, members: Sequence[Me
     snapshotter = Snapshotter(snap_dir)
     snapshotter.cleanup_tmp()
     if not wal_exists(wal_dir):
+        if store.consistent_index() > 0:
+            # A fresh raft log would start below what the backend holds, and every new
+            # entry up to its consistent index would be skipped as already applied.
+            raise BootstrapError(f"the backend has applied raft entries up to index "
+                                 f"{store.consistent_index()} but the WAL in {wal_dir} "
+                                 f"is missing")
         return _start_new(config, member_id, cluster_id, members, wal_dir, snapshotter)
     return _restart(config, member_id, cluster_id, wal_dir, snapshotter, backend, store)
 

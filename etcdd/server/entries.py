@@ -39,7 +39,6 @@ class AppliedBatch:
     results: list[tuple[int, Any]] = field(default_factory=list)   # (request ID, answer)
     conf_changes: list[raft_pb2.ConfChange] = field(default_factory=list)
     compaction_scheduled: bool = False
-    members_changed: bool = False
 
 
 class EntryApplier:
@@ -74,7 +73,6 @@ class EntryApplier:
                     out.conf_changes.append(cc)
                     if e.Index > ci:
                         self._cluster.apply_conf_change(batch.raw_txn, cc)
-                        out.members_changed = True
                 elif e.Index > ci and e.Data:
                     self._apply_normal(batch, e.Data, out)
             last = entries[-1]
@@ -99,7 +97,6 @@ class EntryApplier:
         if data[0] == _V2_TAG:
             r = etcdserver_pb2.Request.FromString(data)
             self._cluster.apply_v2(batch.raw_txn, r.Method, r.Path, r.Val)
-            out.members_changed = True
             out.results.append((r.ID, None))
             return
         ir = raft_internal_pb2.InternalRaftRequest.FromString(data)

@@ -98,9 +98,8 @@ class Member:
         self._deadlines: deque[tuple[float, int, float]] = deque()
         self._applied = AppliedWaiters(applied_index)
         self._applied_term = store.term()
-        self._queued: set[int] = set()      # proposals raft has not taken yet
-        self._pending: list[bytes] = []
-        self._pending_ids: list[int] = []
+        # Proposals raft has not taken yet (request ID -> data), in proposal order.
+        self._pending: dict[int, bytes] = {}
         self._flush_call: Any = None
         self._stopped = False
         self._fatal_seen = False
@@ -111,6 +110,8 @@ class Member:
         self._read_seq = 0
         self._lead_elected_at = 0.0
         self._published = False
+        self._publishing = False
+        self._calls: list[Any] = []        # one-shot timers to cancel on stop
         self._version_proposed = False
         self._transfer_waiters: list[tuple[int, Deferred]] = []
         self._sweeper: Any = None
@@ -153,7 +154,7 @@ class Member:
         """Begin serving: the sweeper times out requests; pending compaction resumes."""
         self._sweeper = self._reactor.callLater(0.1, self._sweep)
         if self._store.pending_compaction():
-            self._reactor.callLater(0, self._run_compaction)
+            self._call_later(0, self._run_compaction)
 
     def stop(self) -> None:
         """Refuse new proposals and fail everyone still waiting with `server stopped`."""
@@ -163,6 +164,10 @@ class Member:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
+        for call in self._calls:
+            if call.active():
+                call.cancel()
+        self._calls = []
         self._fail_everyone(StoppedError())
 
     def fatal(self, failure: Failure) -> None:
@@ -171,12 +176,13 @@ class Member:
         if self._fatal_seen:
             return
         self._fatal_seen = True
+        if self.loop is not None:
+            self.loop.stop()
         self.stop()
         self._on_fatal(failure)
 
     def _fail_everyone(self, error: ServerError) -> None:
-        self._pending, self._pending_ids = [], []
-        self._queued.clear()
+        self._pending = {}
         self._waiters.fail_all(error)
         self._applied.fail_all(error)
         reads, self._read_waiters = self._read_waiters, []
@@ -215,9 +221,7 @@ class Member:
         d = self._waiters.register(request_id)
         now = self._reactor.seconds()
         self._deadlines.append((now + self._timeout, request_id, now))
-        self._pending.append(data)
-        self._pending_ids.append(request_id)
-        self._queued.add(request_id)
+        self._pending[request_id] = data
         if self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self._flush)
         return d
@@ -229,17 +233,14 @@ class Member:
         self._flush_call = None
         if not self.loop.lead:
             return
-        waiting = self._waiters
-        pairs = [(i, d) for i, d in zip(self._pending_ids, self._pending) if i in waiting]
-        self._pending, self._pending_ids = [], []
-        self._queued.clear()
-        if not pairs:
+        pending, self._pending = self._pending, {}
+        if not pending:
             return
         try:
-            self.loop.propose([d for _, d in pairs])
+            self.loop.propose(list(pending.values()))
         except ProposalDroppedError as e:
-            for request_id, _ in pairs:
-                waiting.trigger(request_id, errors.ProposalDroppedError(str(e)))
+            for request_id in pending:
+                self._waiters.trigger(request_id, errors.ProposalDroppedError(str(e)))
 
     def _sweep(self) -> None:
         """Every 100 ms: time out proposals and read rounds past the request timeout."""
@@ -247,10 +248,9 @@ class Member:
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, request_id, started = deadlines.popleft()
-            if request_id in self._queued:
+            if self._pending.pop(request_id, None) is not None:
                 # etcd 3.4: raft took no proposal (no leader) before the request's
                 # context expired; the bare context error reaches the client.
-                self._queued.discard(request_id)
                 self._waiters.trigger(request_id, errors.ProposalDeadlineError())
             elif request_id in self._waiters:
                 self._waiters.trigger(request_id, self._timeout_error(started))
@@ -295,8 +295,9 @@ class Member:
     # -- publish and cluster version (etcd 3.4 server.go publish, monitorVersions) --------
 
     def _publish(self) -> None:
-        if self._published or self._stopped:
+        if self._published or self._publishing or self._stopped:
             return
+        self._publishing = True
         attrs = json.dumps({"name": self.identity.name, "clientURLs": list(self._client_urls)},
                            separators=(",", ":"))
         self._propose_v2(f"/0/members/{self.identity.member_id:x}/attributes", attrs,
@@ -304,14 +305,20 @@ class Member:
 
     def _published_ok(self, _: Any) -> None:
         self._published = True
+        self._publishing = False
         self._log.info("published {{Name:{name} ClientURLs:[{urls}]}} to cluster {cid:x}",
                        name=self.identity.name, urls=" ".join(self._client_urls),
                        cid=self.identity.cluster_id)
 
     def _publish_failed(self, failure: Failure) -> None:
+        self._publishing = False
         if not self._stopped:
             self._log.info("publish failed, retrying: {e}", e=failure.getErrorMessage())
-            self._reactor.callLater(0.5, self._publish)
+            self._call_later(0.5, self._publish)
+
+    def _call_later(self, seconds: float, fn: Callable[[], None]) -> None:
+        self._calls = [c for c in self._calls if c.active()]
+        self._calls.append(self._reactor.callLater(seconds, fn))
 
     def _maybe_set_version(self) -> None:
         if self._version_proposed or self.cluster.version or not self.loop.is_leader:
@@ -428,6 +435,9 @@ class Member:
             self._disk.submit(self._store.compact_step).addCallbacks(step, failed)
 
         def step(done: bool) -> None:
+            if self._stopped:
+                self._compacting = False
+                return
             if not done:
                 next_step()
                 return
@@ -455,7 +465,7 @@ class Member:
         d: Deferred = Deferred()
         self._read_waiters.append(d)
         if self._read_round is None:
-            self._reactor.callLater(0, self._start_read_round)
+            self._call_later(0, self._start_read_round)
         return d
 
     def _start_read_round(self) -> None:
@@ -513,9 +523,7 @@ class Member:
         if m is None or m.is_learner:
             return fail(errors.BadLeaderTransfereeError())
         if target == self.identity.member_id:
-            d0: Deferred = Deferred()
-            d0.callback(None)
-            return d0
+            return succeed(None)
         d: Deferred = Deferred()
         entry = (target, d)
         self._transfer_waiters.append(entry)

@@ -50,10 +50,6 @@ class IDWaiters:
             d.callback(result)
         return True
 
-    def forget(self, request_id: int) -> None:
-        """Stop waiting for `request_id` (timed out); a later trigger is a no-op."""
-        self._waiting.pop(request_id, None)
-
     def fail_all(self, error: BaseException) -> None:
         waiting, self._waiting = self._waiting, {}
         for d in waiting.values():

@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from etcdd.mvcc.errors import CompactedError, FutureRevError
-from etcdd.proto import rpc_pb2 as pb
+from etcdd.proto import raft_pb2, rpc_pb2 as pb
 from etcdd.server.errors import (KeyNotFoundError, LeaseNotFoundError, NotLeaderError,
                                  RequestTooLargeError, StoppedError)
 from tests.unit.members import QueuedExecutor, SingleMember
@@ -404,3 +404,63 @@ class SnapshotTests(MemberTestCase):
         self.assertEqual(s.wal.snapshots, [(16, 2)])
         self.assertEqual(s.loop.snapshot_index, 16)
         self.assertEqual(s.storage.snapshot().metadata.index, 16)
+
+
+class LoopFailureTests(MemberTestCase):
+
+    def test_failure_after_the_disk_work_is_fatal(self) -> None:
+        """An exception on the reactor side of a Ready (here the host's apply callback)
+        stops the member with on_fatal instead of wedging the loop."""
+        fatal: list[Failure] = []
+        s = self.single(on_fatal=fatal.append)
+
+        def broken(batch: Any) -> None:
+            raise RuntimeError("host broke")
+        s.member.entries_applied = broken    # type: ignore[method-assign]
+        d = s.member.propose("put", put(b"a"))
+        s.settle()
+        self.assertEqual(len(fatal), 1)
+        self.assertTrue(fatal[0].check(RuntimeError))
+        self.failureResultOf(d, StoppedError)
+        self.assertTrue(s.member.stopped)
+
+    def test_broken_raft_invariant_from_a_message_is_fatal(self) -> None:
+        """A raft invariant broken while stepping a peer's message stops the member."""
+        from etcdd.raft import RaftInvariantError
+        fatal: list[Failure] = []
+        s = self.single(on_fatal=fatal.append)
+
+        def step(message: Any) -> None:
+            raise RaftInvariantError("entry 3 conflicts with committed entry")
+        s.node.step = step    # type: ignore[method-assign]
+        s.loop.process(raft_pb2.Message(type=raft_pb2.MsgApp, to=1, term=9))
+        self.assertEqual(len(fatal), 1)
+        self.assertTrue(fatal[0].check(RaftInvariantError))
+        self.assertTrue(s.member.stopped)
+
+    def test_msgsnap_without_its_database_is_dropped(self) -> None:
+        """A MsgSnap reaching `process` (not `receive_snapshot`) never reaches raft."""
+        s = self.single()
+        stepped: list[Any] = []
+        s.node.step = stepped.append    # type: ignore[method-assign]
+        s.loop.process(raft_pb2.Message(type=raft_pb2.MsgSnap, to=1, term=2))
+        self.assertEqual(stepped, [])
+        self.assertFalse(s.member.stopped)
+
+
+class NoLeaderTests(MemberTestCase):
+
+    def test_timed_out_proposals_leave_the_queue(self) -> None:
+        """Proposals queued while there is no leader fail with etcd's 'context deadline
+        exceeded' at the request timeout and no longer count against the pending bound."""
+        from etcdd.server.errors import ProposalDeadlineError
+        s = self.single(request_timeout_seconds=1.0)
+        s.loop._lead = 0     # NB: as if the leader were lost
+        ds = [s.member.propose("put", put(b"k%d" % i)) for i in range(3)]
+        s.settle()
+        self.assertEqual(len(s.member._pending), 3)
+        for _ in range(12):
+            self.clock.advance(0.1)
+        for d in ds:
+            self.failureResultOf(d, ProposalDeadlineError)
+        self.assertEqual(s.member._pending, {})
