@@ -19,11 +19,8 @@ def free_port() -> int:
 def single_member_flags(name: str, data_dir: str, client_port: int, peer_port: int,
                         token: str = "etcd-cluster") -> list[str]:
     """etcd's flags (etcd and etcdd alike) for a one-member cluster on 127.0.0.1."""
-    client, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
-    return ["--name", name, "--data-dir", data_dir,
-            "--listen-client-urls", client, "--advertise-client-urls", client,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{name}={peer}", "--initial-cluster-token", token]
+    return cluster_flags(name, data_dir, client_port, peer_port,
+                         f"{name}=http://127.0.0.1:{peer_port}", token)
 
 
 def cluster_flags(name: str, data_dir: str, client_port: int, peer_port: int,
