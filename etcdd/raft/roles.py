@@ -360,13 +360,18 @@ def _follower_snap(r: Raft, m: Message) -> None:
     handle_snapshot(r, m)
 
 
-def _follower_transfer(r: Raft, m: Message) -> None:
+def _forward_to_leader(r: Raft, m: Message, what: str) -> None:
+    """A follower hands `m` to its leader; without one it is dropped (logged)."""
     if r.lead == NONE:
-        r.logger.info("{id:x} no leader at term {term}; dropping leader transfer msg",
-                      id=r.id, term=r.term)
+        r.logger.info("{id:x} no leader at term {term}; dropping {what}",
+                      id=r.id, term=r.term, what=what)
         return
     m.to = r.lead
     r.send(m)
+
+
+def _follower_transfer(r: Raft, m: Message) -> None:
+    _forward_to_leader(r, m, "leader transfer msg")
 
 
 def _follower_timeout_now(r: Raft, m: Message) -> None:
@@ -381,12 +386,7 @@ def _follower_timeout_now(r: Raft, m: Message) -> None:
 
 
 def _follower_read_index(r: Raft, m: Message) -> None:
-    if r.lead == NONE:
-        r.logger.info("{id:x} no leader at term {term}; dropping index reading msg",
-                      id=r.id, term=r.term)
-        return
-    m.to = r.lead
-    r.send(m)
+    _forward_to_leader(r, m, "index reading msg")
 
 
 def _follower_read_index_resp(r: Raft, m: Message) -> None:
