@@ -16,8 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from etcdd.peer.framing import (FrameDecoder, FrameKind, Hello, StreamKind, encode_error,
                                 encode_frame, encode_hello, frame_header)
 from etcdd.peer.protocol import MessageStreamClient, PeerServerProtocol, SnapshotStreamClient
-from tests.unit.test_peer_transport import (CLUSTER_ID, Cluster, captured_log, formats, message,
-                                            msg_snap)
+from tests.unit.test_peer_transport import (CLUSTER_ID, Cluster, accept, captured_log,
+                                            formats, message, msg_snap)
 
 HELLO_MSG = encode_hello(Hello(CLUSTER_ID, 1, 2, StreamKind.MSG))
 HELLO_SNAP = encode_hello(Hello(CLUSTER_ID, 1, 2, StreamKind.SNAP))
@@ -50,10 +50,7 @@ class _InboundCase(SynchronousTestCase):
         self.cluster = Cluster(self, ids=(1, 2))
 
     def connect(self) -> tuple[PeerServerProtocol, StringTransport]:
-        protocol = self.cluster.transports[2].server_factory().buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        return protocol, transport
+        return accept(self.cluster)
 
     def feed(self, raw: bytes) -> tuple[PeerServerProtocol, StringTransport]:
         protocol, transport = self.connect()

@@ -22,8 +22,8 @@ from etcdd.peer.protocol import MessageStreamClient, PeerServerProtocol
 from etcdd.peer.snapshot import SnapshotStreamClient
 from tests.unit.test_peer_bad_input import (HELLO_MSG, HELLO_SNAP, REPLY_MSG, FakeLink, error,
                                             frame_list, snap_stream)
-from tests.unit.test_peer_transport import (CLUSTER_ID, Cluster, captured_log, formats, message,
-                                            msg_snap, url)
+from tests.unit.test_peer_transport import (CLUSTER_ID, Cluster, accept, captured_log,
+                                            formats, message, msg_snap, url)
 
 REPLY_SNAP = Hello(CLUSTER_ID, 2, 1, StreamKind.SNAP)
 PART = "tmp-000000000000002a.snap.db.part"
@@ -39,10 +39,7 @@ class _MemberCase(SynchronousTestCase):
         return self.cluster
 
     def connect(self) -> tuple[PeerServerProtocol, StringTransport]:
-        protocol = self.cluster.transports[2].server_factory().buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        return protocol, transport
+        return accept(self.cluster)
 
     def feed(self, raw: bytes) -> tuple[PeerServerProtocol, StringTransport]:
         """A new connection, fed `raw` one byte at a time."""

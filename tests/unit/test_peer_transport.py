@@ -235,6 +235,14 @@ class Cluster:
         test.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+def accept(cluster: "Cluster", member_id: int = 2) -> tuple[Any, StringTransport]:
+    """A raw inbound connection to `member_id`'s peer port, on a StringTransport."""
+    protocol = cluster.transports[member_id].server_factory().buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
 @contextmanager
 def captured_log() -> Iterator[list[dict]]:
     events: list[dict] = []
