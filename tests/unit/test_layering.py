@@ -18,6 +18,7 @@ CORES = (
     "etcdd/mvcc/keyindex.py",
     "etcdd/mvcc/ranges.py",
     "etcdd/mvcc/watcher.py",
+    "etcdd/mvcc/watcher_group.py",
     "etcdd/wal/record.py",
     "etcdd/lease/lessor.py",
     "etcdd/auth/permissions.py",
