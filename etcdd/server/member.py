@@ -95,7 +95,7 @@ class Member:
         self.loop: Any = None                       # the RaftLoop, attached by the service
         self._ids = RequestIDs(identity.member_id, reactor.seconds())
         self._waiters = IDWaiters()
-        self._deadlines: deque[tuple[float, int, float]] = deque()
+        self._deadlines: deque[tuple[float, int]] = deque()   # (deadline, request ID)
         self._applied = AppliedWaiters(applied_index)
         self._applied_term = store.term()
         # Proposals raft has not taken yet (request ID -> data), in proposal order.
@@ -185,10 +185,8 @@ class Member:
         self._pending = {}
         self._waiters.fail_all(error)
         self._applied.fail_all(error)
+        self._fail_read_round(error)
         reads, self._read_waiters = self._read_waiters, []
-        if self._read_round is not None:
-            reads += self._read_round[1]
-            self._read_round = None
         for d in reads:
             d.errback(Failure(error))
         waiters, self._compaction_waiters = self._compaction_waiters, []
@@ -219,12 +217,14 @@ class Member:
 
     def _propose_data(self, request_id: int, data: bytes) -> Deferred:
         d = self._waiters.register(request_id)
-        now = self._reactor.seconds()
-        self._deadlines.append((now + self._timeout, request_id, now))
+        self._deadlines.append((self._reactor.seconds() + self._timeout, request_id))
         self._pending[request_id] = data
+        self._schedule_flush()
+        return d
+
+    def _schedule_flush(self) -> None:
         if self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self._flush)
-        return d
 
     def _flush(self) -> None:
         """Hand this turn's proposals to raft as one MsgProp. Without a leader they wait
@@ -247,19 +247,17 @@ class Member:
         now = self._reactor.seconds()
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
-            _, request_id, started = deadlines.popleft()
+            deadline, request_id = deadlines.popleft()
             if self._pending.pop(request_id, None) is not None:
                 # etcd 3.4: raft took no proposal (no leader) before the request's
                 # context expired; the bare context error reaches the client.
                 self._waiters.trigger(request_id, errors.ProposalDeadlineError())
             elif request_id in self._waiters:
+                started = deadline - self._timeout
                 self._waiters.trigger(request_id, self._timeout_error(started))
         if self._read_round is not None and self._read_round[2] <= now:
-            _, waiters, _ = self._read_round
-            self._read_round = None
             self._log.warn("timed out waiting for read index response")
-            for d in waiters:
-                d.errback(Failure(errors.RequestTimeoutError()))
+            self._fail_read_round(errors.RequestTimeoutError())
             self._start_read_round()
         self._sweeper = self._reactor.callLater(0.1, self._sweep)
 
@@ -286,11 +284,19 @@ class Member:
             return succeed(False)
         request_id = self._ids.next()
         data = etcdserver_pb2.Request(ID=request_id, Method="QGET").SerializeToString()
-        d = self._propose_data(request_id, data)
-        call = self._reactor.callLater(
-            1.0, self._waiters.trigger, request_id, errors.RequestTimeoutError())
-        d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+        d = self._deadline(self._propose_data(request_id, data), 1.0, partial(
+            self._waiters.trigger, request_id, errors.RequestTimeoutError()))
         return d.addCallbacks(lambda _: True, lambda _: False)
+
+    def _deadline(self, d: Deferred, seconds: float, on_timeout: Callable[[], Any]) -> Deferred:
+        """Call `on_timeout` (which must fire `d`) unless `d` fired within `seconds`."""
+        call = self._reactor.callLater(seconds, on_timeout)
+
+        def fired(result: Any) -> Any:
+            if call.active():
+                call.cancel()
+            return result
+        return d.addBoth(fired)
 
     # -- publish and cluster version (etcd 3.4 server.go publish, monitorVersions) --------
 
@@ -343,16 +349,12 @@ class Member:
             self._lead_elected_at = self._reactor.seconds()
             self._log.info("{me:x} elected leader {lead:x} at term {term}",
                            me=self.identity.member_id, lead=lead, term=self.term)
-            if self._read_round is not None:
-                # etcd linearizableReadLoop: a leader change fails the round in flight.
-                _, waiters, _ = self._read_round
-                self._read_round = None
-                for d in waiters:
-                    d.errback(Failure(errors.LeaderChangedError()))
+            # etcd linearizableReadLoop: a leader change fails the round in flight.
+            self._fail_read_round(errors.LeaderChangedError())
             self._publish()
             self._start_read_round()
-            if self._pending and self._flush_call is None:
-                self._flush_call = self._reactor.callLater(0, self._flush)
+            if self._pending:
+                self._schedule_flush()
         else:
             self._log.info("{me:x} lost leader; raft.node has no leader at term {term}",
                            me=self.identity.member_id, term=self.term)
@@ -468,6 +470,15 @@ class Member:
             self._call_later(0, self._start_read_round)
         return d
 
+    def _fail_read_round(self, error: ServerError) -> None:
+        """Fail every read of the ReadIndex round in flight, if any."""
+        if self._read_round is None:
+            return
+        _, waiters, _ = self._read_round
+        self._read_round = None
+        for d in waiters:
+            d.errback(Failure(error))
+
     def _start_read_round(self) -> None:
         if self._read_round is not None or not self._read_waiters or self._stopped:
             return
@@ -477,20 +488,21 @@ class Member:
         self._read_round = (ctx, waiters, self._reactor.seconds() + self._timeout)
         self.loop.read_index(ctx)
 
+    def _read(self, serializable: bool, read: Callable[[], Any]) -> Any:
+        """`read()` now when serializable, else after a ReadIndex round (a Deferred)."""
+        if serializable:
+            return read()
+        return self.linearizable_barrier().addCallback(lambda _: read())
+
     def range(self, req: Any) -> Any:
-        """A Range: answered now when serializable, else after a ReadIndex round."""
-        if req.serializable:
-            return self._applier.range(self._store, req)
-        return self.linearizable_barrier().addCallback(
-            lambda _: self._applier.range(self._store, req))
+        return self._read(req.serializable, lambda: self._applier.range(self._store, req))
 
     def read_txn(self, req: Any) -> Any:
-        def read(_: Any = None) -> Any:
+        def read() -> Any:
             with self._store.read() as view:
                 return self._applier.txn(view, req, is_write=False)
-        if all(op.request_range.serializable for op in (*req.success, *req.failure)):
-            return read()
-        return self.linearizable_barrier().addCallback(read)
+        return self._read(all(op.request_range.serializable
+                              for op in (*req.success, *req.failure)), read)
 
     # -- leadership ------------------------------------------------------------------------
 
@@ -532,8 +544,7 @@ class Member:
             if entry in self._transfer_waiters:
                 self._transfer_waiters.remove(entry)
                 d.errback(Failure(errors.LeaderTransferTimeoutError()))
-        call = self._reactor.callLater(self._timeout, timed_out)
-        d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+        self._deadline(d, self._timeout, timed_out)
         if self._flush_call is not None:
             # NB: this turn's proposals came before the transfer (in etcd they would be in
             # raft already); a transferring leader would drop them, so propose them first.
