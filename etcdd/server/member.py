@@ -279,8 +279,10 @@ class Member:
 
     def check_health(self) -> "Deferred[bool]":
         """etcd 3.4 /health: a leader is known and a v2 QGET goes through raft (taking an
-        index, as etcd's does) within one second."""
-        if self._stopped or not self.loop.lead:
+        index, as etcd's does) within one second. Before this member's attributes are
+        published it is not healthy: etcd serves clients only once published (its
+        `ReadyNotify`), so `member list` shows every healthy member's client URLs."""
+        if self._stopped or not self.loop.lead or not self._published:
             return succeed(False)
         request_id = self._ids.next()
         data = etcdserver_pb2.Request(ID=request_id, Method="QGET").SerializeToString()

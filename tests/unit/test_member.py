@@ -464,3 +464,18 @@ class NoLeaderTests(MemberTestCase):
         for d in ds:
             self.failureResultOf(d, ProposalDeadlineError)
         self.assertEqual(s.member._pending, {})
+
+
+class HealthTests(MemberTestCase):
+
+    def test_healthy_only_once_published_and_a_quorum_read_goes_through(self) -> None:
+        """/health is true once the member published its attributes and a QGET is applied
+        through raft; before publishing it is false, as etcd serves only once published."""
+        s = self.single()
+        committed = s.member.committed_index
+        d = s.member.check_health()
+        s.settle()
+        self.assertTrue(self.successResultOf(d))
+        self.assertEqual(s.member.committed_index, committed + 1)
+        s.member._published = False    # NB: as before the publish entry applied
+        self.assertFalse(self.successResultOf(s.member.check_health()))
