@@ -18,12 +18,12 @@ from etcdd.version import ETCD_SERVER_VERSION
 
 class MaintenanceService:
     def __init__(self, member: Any, store: Any, backend: Any, header: HeaderFiller,
-                 members: Any, run_read: Callable[..., Deferred] = maybeDeferred) -> None:
+                 cluster: Any, run_read: Callable[..., Deferred] = maybeDeferred) -> None:
         self._member = member
         self._store = store
         self._backend = backend
         self._header = header
-        self._members = members
+        self._cluster = cluster
         self._run_read = run_read     # long read-only scans: e.g. deferToThread
 
     def register(self, router: Router) -> None:
@@ -76,7 +76,7 @@ class MaintenanceService:
 
     def member_list(self, req: Any, context: CallContext) -> Any:
         resp = pb.MemberListResponse()
-        for member in self._members.sorted_members():
+        for member in self._cluster.sorted_members():
             resp.members.add(ID=member.id, name=member.name, peerURLs=list(member.peer_urls),
                              clientURLs=list(member.client_urls), isLearner=member.is_learner)
         return self._header.fill_without_revision(resp)
