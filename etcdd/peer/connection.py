@@ -40,6 +40,9 @@ MAX_INBOUND_CONNECTIONS = 256
 MAX_SNAPSHOT_BYTES = 8 << 30
 # after a refusal by ERROR; a plain connection loss is redialled within 0.2 s
 REFUSED_RETRY_SECONDS = 1.0
+# calls awaiting a reply, per peer on the calling side and per connection on the answering
+# side; etcd 3.4 has no such bound on its /leases handler, but every buffer here has one
+MAX_CALLS_IN_FLIGHT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,7 @@ class PeerLimits:
     max_inbound_connections: int = MAX_INBOUND_CONNECTIONS
     max_snapshot_bytes: int = MAX_SNAPSHOT_BYTES
     refused_retry_seconds: float = REFUSED_RETRY_SECONDS
+    max_calls_in_flight: int = MAX_CALLS_IN_FLIGHT
 
 
 def hello_reply_mismatch(sent: Hello, reply: Hello) -> str | None:

@@ -9,8 +9,14 @@ A frame is a 1-byte kind, a 4-byte big-endian payload length, then the payload::
 
 Every connection starts with HELLO in both directions. A message stream then carries
 MSG frames one way; a snapshot stream carries SNAP_HEADER (the MsgSnap), SNAP_CHUNKs of
-raw db bytes, SNAP_END (the sha256 of all chunks) one way and ACK or ERROR back. ERROR
-(a utf-8 reason) is always the last frame its sender writes on a connection.
+raw db bytes, SNAP_END (the sha256 of all chunks) one way and ACK or ERROR back. A call
+stream carries CALLs one way and a REPLY to each back, in any order, matched by call id::
+
+    08 | 00 00 00 10 | 00..00 07 | 05 | renew | 08 2a        CALL 7, method "renew"
+    09 | 00 00 00 0d | 00..00 07 | 00 | 08 2a 10 05           REPLY 7: ok, response bytes
+    09 | 00 00 00 .. | 00..00 07 | 05 | etcdserver: ...       REPLY 7: NOT_FOUND, message
+
+ERROR (a utf-8 reason) is always the last frame its sender writes on a connection.
 """
 from __future__ import annotations
 
@@ -31,12 +37,15 @@ class FrameKind(IntEnum):
     SNAP_END = 5
     ACK = 6
     ERROR = 7
+    CALL = 8
+    REPLY = 9
 
 
 class StreamKind(IntEnum):
     """What a connection carries after its HELLO."""
     MSG = 1
     SNAP = 2
+    CALL = 3
 
 
 PROTOCOL_VERSION = 1
@@ -48,12 +57,35 @@ SNAP_CHUNK_BYTES = 256 * 1024               # the most raw db bytes one SNAP_CHU
 SHA256_BYTES = 32
 MAX_ERROR_BYTES = 1024                      # longer reasons are cut before sending
 
+_CALL_HEAD = struct.Struct(">QB")          # call id, method name length
+_REPLY_HEAD = struct.Struct(">QB")         # call id, status
+CALL_HEAD_BYTES = _CALL_HEAD.size          # 9
+REPLY_HEAD_BYTES = _REPLY_HEAD.size        # 9
+MAX_METHOD_BYTES = 255
+MAX_CALL_ID = 2**64 - 1
+STATUS_OK = 0
+MAX_STATUS = 16                            # gRPC codes are 0 (OK) to 16 (UNAUTHENTICATED)
+
 _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack_from
+_pack_call_head = _CALL_HEAD.pack
+_unpack_call_head = _CALL_HEAD.unpack_from
+_pack_reply_head = _REPLY_HEAD.pack
+_unpack_reply_head = _REPLY_HEAD.unpack_from
 
 
 class PeerFrameError(Exception):
     """Bad input from a peer: answered with ERROR(str(error)), then that connection closes."""
+
+
+class PeerCallError(Exception):
+    """A call to a peer ended without an answer from its handler: unknown or unreachable
+    peer, connection lost with the call in flight, transport stopped, timeout, too many
+    calls in flight. `reason` says which."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class FrameTooLargeError(PeerFrameError):
@@ -147,6 +179,75 @@ def decode_message(payload: bytes) -> raft_pb2.Message:
         raise PeerFrameError(f"unparsable raft message: {e}") from None
 
 
+def encode_call(call_id: int, method: str, request: bytes) -> bytes:
+    """The CALL frame asking `method` with `request`; `call_id` matches the REPLY.
+
+    `encode_call(7, "renew", b"\x08\x2a")` is `08 | 00 00 00 10 | 00..07 | 05 | renew | 08 2a`.
+    Raises ValueError for a method name that is empty, not ascii or over 255 bytes (a
+    programming error, never input).
+    """
+    name = method.encode("ascii")
+    if not 0 < len(name) <= MAX_METHOD_BYTES:
+        raise ValueError(f"peer method name of {len(name)} bytes, want 1 to "
+                         f"{MAX_METHOD_BYTES}")
+    head = _pack_header(FrameKind.CALL, CALL_HEAD_BYTES + len(name) + len(request))
+    return b"".join((head, _pack_call_head(call_id, len(name)), name, request))
+
+
+def decode_call(payload: bytes) -> tuple[int, str, bytes]:
+    """Parse a CALL payload into `(call_id, method, request)`; raises `PeerFrameError` for
+    a payload too short for its method name, or a name that is empty or not ascii."""
+    if len(payload) < CALL_HEAD_BYTES:
+        raise PeerFrameError(f"CALL of {len(payload)} bytes, want at least {CALL_HEAD_BYTES}")
+    call_id, name_bytes = _unpack_call_head(payload)
+    end = CALL_HEAD_BYTES + name_bytes
+    if name_bytes == 0:
+        raise PeerFrameError(f"CALL {call_id} without a method name")
+    if end > len(payload):
+        raise PeerFrameError(f"CALL {call_id} method name of {name_bytes} bytes overruns "
+                             f"its {len(payload)}-byte payload")
+    try:
+        method = payload[CALL_HEAD_BYTES:end].decode("ascii")
+    except UnicodeDecodeError:
+        raise PeerFrameError(f"CALL {call_id} method name is not ascii") from None
+    return call_id, method, payload[end:]
+
+
+def encode_reply(call_id: int, response: bytes) -> bytes:
+    """The REPLY frame answering call `call_id` with `response` (status 0, ok)."""
+    return b"".join((_pack_header(FrameKind.REPLY, REPLY_HEAD_BYTES + len(response)),
+                     _pack_reply_head(call_id, STATUS_OK), response))
+
+
+def encode_reply_error(call_id: int, status: int, message: str) -> bytes:
+    """The REPLY frame failing call `call_id` with gRPC `status` (1 to 16) and `message`,
+    cut to `MAX_ERROR_BYTES` of utf-8 like an ERROR's reason. Raises ValueError for a
+    status that is no error code."""
+    if not 0 < status <= MAX_STATUS:
+        raise ValueError(f"REPLY status {status} is no gRPC error code")
+    text = message.encode("utf-8", "replace")[:MAX_ERROR_BYTES]
+    return b"".join((_pack_header(FrameKind.REPLY, REPLY_HEAD_BYTES + len(text)),
+                     _pack_reply_head(call_id, status), text))
+
+
+def decode_reply(payload: bytes) -> tuple[int, int, bytes]:
+    """Parse a REPLY payload into `(call_id, status, body)`: the body is the response when
+    `status` is 0, else the utf-8 message (see `reply_message`). Raises `PeerFrameError`
+    for a payload shorter than its head or a status that is no gRPC code."""
+    if len(payload) < REPLY_HEAD_BYTES:
+        raise PeerFrameError(f"REPLY of {len(payload)} bytes, want at least "
+                             f"{REPLY_HEAD_BYTES}")
+    call_id, status = _unpack_reply_head(payload)
+    if status > MAX_STATUS:
+        raise PeerFrameError(f"REPLY {call_id} with unknown status {status}")
+    return call_id, status, payload[REPLY_HEAD_BYTES:]
+
+
+def reply_message(body: bytes) -> str:
+    """The error message of a failed REPLY's body (a cut character becomes U+FFFD)."""
+    return body.decode("utf-8", "replace")
+
+
 class FrameDecoder:
     """Splits a connection's bytes into `(kind, payload)` frames.
 
@@ -168,7 +269,8 @@ class FrameDecoder:
         limits = {FrameKind.HELLO: HELLO_BYTES, FrameKind.MSG: max_frame_bytes,
                   FrameKind.SNAP_HEADER: max_frame_bytes, FrameKind.SNAP_CHUNK: SNAP_CHUNK_BYTES,
                   FrameKind.SNAP_END: SHA256_BYTES, FrameKind.ACK: 0,
-                  FrameKind.ERROR: MAX_ERROR_BYTES}
+                  FrameKind.ERROR: MAX_ERROR_BYTES, FrameKind.CALL: max_frame_bytes,
+                  FrameKind.REPLY: max_frame_bytes}
         # indexed by kind byte; -1 marks a byte that names no kind
         self._limits = tuple(limits.get(k, -1) for k in range(max(FrameKind) + 1))
         self._buffer = bytearray()      # the partial frame, header included

@@ -13,10 +13,19 @@ A message stream, client first (`>`) and server (`<`)::
 
     > HELLO(stream=MSG)   < HELLO(roles swapped)   > MSG > MSG ...
 
+A call stream (the calling side is `calls.CallStreamClient`) hands each CALL to
+`handler.handle_call` at once, without waiting for the calls before it, and writes its
+REPLY when the handler answers: ok with the response bytes, or the failure mapped by
+`rpctypes.status_for`, so etcd's exact messages reach the caller::
+
+    > HELLO(stream=CALL)  < HELLO   > CALL 1 > CALL 2   < REPLY 2 < REPLY 1 ...
+
 Bounds (`PeerLimits`): at most `max_inbound_connections` accepted connections at a time
 (more are turned away with ERROR "too many peer connections"); HELLO within
 `hello_timeout_seconds`; on a snapshot stream a frame at least every
-`snapshot_idle_seconds` and at most `max_snapshot_bytes` of db.
+`snapshot_idle_seconds` and at most `max_snapshot_bytes` of db; on a call stream at most
+`max_calls_in_flight` calls awaiting their handler (more are answered at once with
+RESOURCE_EXHAUSTED "too many calls in flight").
 """
 from __future__ import annotations
 
@@ -29,11 +38,14 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from etcdd.api.rpctypes import WIRE_ERRORS, GrpcError, Status, status_for
+from etcdd.peer.calls import TOO_MANY_CALLS_REASON
 from etcdd.peer.connection import (HELLO_TIMEOUT_REASON, FrameProtocol, OutboundProtocol,
                                    PeerLimits, hello_reply_mismatch)
-from etcdd.peer.framing import (SHA256_BYTES, FrameKind, Hello, PeerFrameError, StreamKind,
-                                decode_hello, decode_message, encode_error, encode_frame,
-                                encode_hello)
+from etcdd.peer.framing import (HEADER_BYTES, SHA256_BYTES, FrameKind, Hello, PeerFrameError,
+                                StreamKind, decode_call, decode_hello, decode_message,
+                                encode_error, encode_frame, encode_hello, encode_reply,
+                                encode_reply_error)
 from etcdd.peer.snapshot import (IncomingSnapshot, SnapshotStreamClient, remove_if_exists,
                                  snapshot_part_path)
 from etcdd.proto import raft_pb2
@@ -43,8 +55,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ILinkEvents", "MessageStreamClient", "PeerContext", "PeerLimits",
            "PeerServerProtocol", "SnapshotStreamClient", "STOPPED_REASON",
-           "TOO_MANY_CONNECTIONS_REASON", "hello_reply_mismatch", "remove_if_exists",
-           "snapshot_part_path"]
+           "TOO_MANY_CONNECTIONS_REASON", "hello_reply_mismatch", "is_wire_error",
+           "remove_if_exists", "snapshot_part_path"]
 
 _ACK_FRAME = encode_frame(FrameKind.ACK)
 STOPPED_REASON = "member stopped"
@@ -76,6 +88,13 @@ class PeerContext:
     turned_away_logged_at: float | None = None
 
 
+def is_wire_error(error: BaseException) -> bool:
+    """Whether `error` has its own row in rpctypes' table (or is a GrpcError already), as
+    opposed to an unexpected exception that `status_for` passes on as UNKNOWN."""
+    return isinstance(error, GrpcError) or any(cls in WIRE_ERRORS
+                                               for cls in type(error).__mro__)
+
+
 class ILinkEvents(TypingProtocol):
     """What an outbound message stream tells the peer link that owns it."""
 
@@ -90,11 +109,13 @@ class ILinkEvents(TypingProtocol):
 
 
 class PeerServerProtocol(FrameProtocol):
-    """The accepting side of one peer connection: a message stream or a snapshot stream.
+    """The accepting side of one peer connection: a message, snapshot or call stream.
 
     Invariants: MSG frames reach `handler.process` in arrival order; a snapshot reaches
     `handler.receive_snapshot` only complete, sha256-verified and within
     `max_snapshot_bytes`; a temp file of a stream that failed before that is deleted.
+    Each CALL gets exactly one REPLY while the connection lasts, at most
+    `limits.max_calls_in_flight` of them awaiting their handler (`_calls`).
     """
 
     def __init__(self, context: PeerContext) -> None:
@@ -103,6 +124,7 @@ class PeerServerProtocol(FrameProtocol):
         self._handler = context.handler
         self._peer_id = 0
         self._incoming: IncomingSnapshot | None = None
+        self._calls: set[int] = set()    # ids of the CALLs whose handler has not answered
         self._expect("HELLO", {FrameKind.HELLO: self._on_hello})
 
     def connectionMade(self) -> None:
@@ -161,13 +183,23 @@ class PeerServerProtocol(FrameProtocol):
             return
         self._peer_id = hello.from_id
         self.transport.write(encode_hello(hello.reply()))
-        if hello.stream is StreamKind.MSG:
-            self._cancel_deadline()     # NB: a quiet message stream is fine (no leader yet)
-            self._expect("MSG", {FrameKind.MSG: self._on_msg})
-        else:
-            seconds = context.limits.snapshot_idle_seconds
-            self._set_deadline(seconds, f"no snapshot frame for {seconds:g} s")
-            self._expect("SNAP_HEADER", {FrameKind.SNAP_HEADER: self._on_snap_header})
+        self._STREAM_STARTS[hello.stream](self)
+
+    def _start_messages(self) -> None:
+        self._cancel_deadline()     # NB: a quiet message stream is fine (no leader yet)
+        self._expect("MSG", {FrameKind.MSG: self._on_msg})
+
+    def _start_calls(self) -> None:
+        self._cancel_deadline()     # NB: calls come when clients ask, maybe never
+        self._expect("CALL", {FrameKind.CALL: self._on_call})
+
+    def _start_snapshot(self) -> None:
+        seconds = self._context.limits.snapshot_idle_seconds
+        self._set_deadline(seconds, f"no snapshot frame for {seconds:g} s")
+        self._expect("SNAP_HEADER", {FrameKind.SNAP_HEADER: self._on_snap_header})
+
+    _STREAM_STARTS = {StreamKind.MSG: _start_messages, StreamKind.CALL: _start_calls,
+                      StreamKind.SNAP: _start_snapshot}
 
     def _on_msg(self, payload: bytes) -> None:
         message = decode_message(payload)
@@ -175,6 +207,54 @@ class PeerServerProtocol(FrameProtocol):
             # NB: a snapshot arrives only on a snapshot stream, with its database.
             raise PeerFrameError("MsgSnap on a message stream")
         self._handler.process(message)
+
+    def _on_call(self, payload: bytes) -> None:
+        call_id, method, request = decode_call(payload)
+        calls = self._calls
+        if call_id in calls:
+            raise PeerFrameError(f"CALL {call_id} is already in flight")
+        if len(calls) >= self._context.limits.max_calls_in_flight:
+            self.transport.write(encode_reply_error(call_id, Status.RESOURCE_EXHAUSTED,
+                                                    TOO_MANY_CALLS_REASON))
+            return
+        calls.add(call_id)
+        d = maybeDeferred(self._handler.handle_call, self._peer_id, method, request)
+        d.addCallback(self._encode_response, call_id)
+        d.addErrback(self._encode_failure, call_id, method)
+        d.addCallback(self._send_reply, call_id)
+        d.addErrback(self._reply_failed, call_id, method)
+
+    def _encode_response(self, response: bytes, call_id: int) -> bytes:
+        """The REPLY frame of a handler's answer; raises GrpcError for one too large."""
+        limit = self._context.max_frame_bytes
+        frame = encode_reply(call_id, response)
+        if len(frame) - HEADER_BYTES > limit:
+            self._log.warn("peer call reply of {size} bytes to {peer_id:x} is over the "
+                           "{limit}-byte frame limit", size=len(frame) - HEADER_BYTES,
+                           peer_id=self._peer_id, limit=limit)
+            raise GrpcError(Status.RESOURCE_EXHAUSTED, f"peer reply of {len(response)} bytes "
+                                                       f"is over the frame limit")
+        return frame
+
+    def _encode_failure(self, failure: Failure, call_id: int, method: str) -> bytes:
+        """The REPLY frame of a failed call; a failure missing from rpctypes' table of wire
+        errors is a bug somewhere, so it is logged with its traceback too."""
+        error = failure.value
+        if not is_wire_error(error):
+            self._log.failure("peer call {method} from {peer_id:x} failed", failure,
+                              method=method, peer_id=self._peer_id)
+        code, message = status_for(error)
+        return encode_reply_error(call_id, code or Status.UNKNOWN, message)
+
+    def _send_reply(self, frame: bytes, call_id: int) -> None:
+        self._calls.discard(call_id)
+        if not self.closed:             # NB: else the caller hears of the loss, not this
+            self.transport.write(frame)
+
+    def _reply_failed(self, failure: Failure, call_id: int, method: str) -> None:
+        self._calls.discard(call_id)
+        self._log.failure("answering peer call {method} from {peer_id:x} failed", failure,
+                          method=method, peer_id=self._peer_id)
 
     def _on_snap_header(self, payload: bytes) -> None:
         message = decode_message(payload)

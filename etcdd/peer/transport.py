@@ -3,8 +3,10 @@
 Shell. Plays the part of etcd 3.4's `rafthttp.Transport` (`transport.go`, `peer.go`,
 `snapshot_sender.go`) over our own protocol (`framing.py`): one persistent outbound
 message stream per peer, kept up by a `ClientService` with a short backoff so a restarted
-member hears from us within about a second; a separate connection per snapshot; and the
-inbound side, served by whatever listens with `server_factory()`.
+member hears from us within about a second; a separate connection per snapshot; one call
+stream per peer, opened on the first `call()` (`calls.py`, where etcd 3.4 forwards lease
+requests over peer HTTP); and the inbound side, served by whatever listens with
+`server_factory()`.
 
 Like etcd's `peer.send`, a message for a peer whose stream is down, or whose unsent
 bytes are over the bound, is dropped and raft is told the peer is unreachable; raft's
@@ -13,7 +15,8 @@ own retries (heartbeats, probes) resend what matters. Performance model: one
 
 Bounds (`connection.PeerLimits`, each a constructor argument): HELLO answered within
 10 s either way; a snapshot stream moving at least every 30 s and ACKed within 120 s of
-its end; at most 256 inbound connections; a received snapshot of at most 8 GiB. A peer
+its end; at most 256 inbound connections; a received snapshot of at most 8 GiB; at most
+1024 calls awaiting a reply per peer, and per inbound call stream. A peer
 that refuses our stream with ERROR is redialled after 1 s at the earliest, not at the
 0.2 s kept for a plain connection loss, so a misconfigured member is not hammered.
 """
@@ -33,14 +36,18 @@ from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from etcdd.peer.connection import (HELLO_TIMEOUT_SECONDS, MAX_INBOUND_CONNECTIONS,
-                                   MAX_SNAPSHOT_BYTES, REFUSED_RETRY_SECONDS,
-                                   SNAPSHOT_ACK_TIMEOUT_SECONDS, SNAPSHOT_IDLE_SECONDS,
-                                   PeerLimits)
-from etcdd.peer.framing import FrameKind, Hello, StreamKind, frame_header
+from etcdd.peer.calls import CALLS_STOPPED_REASON, CallLink
+from etcdd.peer.connection import (HELLO_TIMEOUT_SECONDS, MAX_CALLS_IN_FLIGHT,
+                                   MAX_INBOUND_CONNECTIONS, MAX_SNAPSHOT_BYTES,
+                                   REFUSED_RETRY_SECONDS, SNAPSHOT_ACK_TIMEOUT_SECONDS,
+                                   SNAPSHOT_IDLE_SECONDS, PeerLimits)
+from etcdd.peer.framing import FrameKind, Hello, PeerCallError, StreamKind, frame_header
 from etcdd.peer.protocol import MessageStreamClient, PeerContext, PeerServerProtocol
 from etcdd.peer.snapshot import SnapshotStreamClient, remove_if_exists
 from etcdd.proto import raft_pb2
+
+__all__ = ["EndpointFactory", "IRaftPeerHandler", "PeerCallError", "PeerTransport",
+           "tcp_endpoint_factory"]
 
 INITIAL_RETRY_SECONDS = 0.05
 # etcd 3.4 rafthttp redials a lost stream every 100 ms; a dead peer costs one failed
@@ -77,6 +84,12 @@ class IRaftPeerHandler(Interface):
         snapshot dir): make it durable, install it and step `message`; fire when done
         (the sender then hears ACK) or fail (it hears ERROR). The transport removes
         `db_path` afterwards if it still exists."""
+
+    def handle_call(from_id: int, method: str, payload: bytes) -> Deferred | bytes:
+        """Answer peer `from_id`'s call of `method` with the response bytes, now or by a
+        Deferred; calls are concurrent, so answers may come in any order. A raised or
+        failed error reaches the caller as `rpctypes.status_for` maps it; an unknown
+        method raises `GrpcError(Status.UNIMPLEMENTED, ...)`."""
 
 
 def tcp_endpoint_factory(reactor: object) -> EndpointFactory:
@@ -156,7 +169,7 @@ class _PeerLink:
 
     Invariants: `stream` is the outbound message stream whose HELLO the peer answered, or
     None; `active_since` is set exactly while `stream` is; at most one snapshot is in
-    flight (`snapshot`).
+    flight (`snapshot`); `calls` is the only call stream to the peer.
     """
 
     _log = Logger()
@@ -172,6 +185,13 @@ class _PeerLink:
         self._refused = False           # the last stream ended in ERROR: redial slowly
         self.service = _PeerService(self.endpoint, _ProtocolFactory(self._build_stream),
                                     retryPolicy=self._retry_delay, clock=owner._reactor)
+        self.calls = CallLink(member_id, owner._hello(member_id, StreamKind.CALL),
+                              self._connect, owner._reactor, owner._max_frame_bytes,
+                              owner._limits)
+
+    def _connect(self, build: Callable[[], IProtocol]) -> Deferred:
+        """Open a connection of its own to the peer (snapshots, calls)."""
+        return self.endpoint.connect(_ProtocolFactory(build))
 
     def _build_stream(self) -> MessageStreamClient:
         owner = self.owner
@@ -189,12 +209,14 @@ class _PeerLink:
             delay = max(delay, self.owner._limits.refused_retry_seconds)
         return delay
 
-    def close(self) -> Deferred:
-        """Stop the service; fires once the connection, if any, is closed."""
+    def close(self, calls_reason: str) -> Deferred:
+        """Stop the service and fail the calls in flight with `calls_reason`; fires once
+        the message stream, if any, is closed."""
         if self.connection is not None:
             self.connection.close()
         if self.snapshot is not None:
             self.snapshot.abort()
+        self.calls.close(calls_reason)
         return self.service.stopService() if self.service.running else succeed(None)
 
     # ILinkEvents
@@ -266,7 +288,7 @@ class _OutboundSnapshot:
                                              reactor=self.owner._reactor,
                                              limits=self.owner._limits)
         protocol = self.protocol
-        self._connecting = self.link.endpoint.connect(_ProtocolFactory(lambda: protocol))
+        self._connecting = self.link._connect(lambda: protocol)
         self._connecting.addCallbacks(self._connected, self._connect_failed,
                                       errbackArgs=(source,))
 
@@ -321,7 +343,8 @@ class PeerTransport:
                  snapshot_ack_timeout_seconds: float = SNAPSHOT_ACK_TIMEOUT_SECONDS,
                  max_inbound_connections: int = MAX_INBOUND_CONNECTIONS,
                  max_snapshot_bytes: int = MAX_SNAPSHOT_BYTES,
-                 refused_retry_seconds: float = REFUSED_RETRY_SECONDS) -> None:
+                 refused_retry_seconds: float = REFUSED_RETRY_SECONDS,
+                 max_calls_in_flight: int = MAX_CALLS_IN_FLIGHT) -> None:
         """`endpoint_factory` turns a peer URL into a client endpoint (default: TCP on
         `reactor`); tests pass an in-memory one. `rand` jitters the reconnect backoff.
         The rest are the bounds of `connection.PeerLimits` (see there)."""
@@ -331,7 +354,8 @@ class PeerTransport:
             snapshot_idle_seconds=snapshot_idle_seconds,
             snapshot_ack_timeout_seconds=snapshot_ack_timeout_seconds,
             max_inbound_connections=max_inbound_connections,
-            max_snapshot_bytes=max_snapshot_bytes, refused_retry_seconds=refused_retry_seconds)
+            max_snapshot_bytes=max_snapshot_bytes, refused_retry_seconds=refused_retry_seconds,
+            max_calls_in_flight=max_calls_in_flight)
         self._local_id, self._cluster_id = local_id, cluster_id
         self._handler = handler
         self._max_frame_bytes = max_frame_bytes
@@ -378,11 +402,12 @@ class PeerTransport:
             link.connection.close()
 
     def remove_peer(self, member_id: int) -> None:
-        """Stop talking to `member_id`: close its stream, abort its snapshot in flight."""
+        """Stop talking to `member_id`: close its streams, abort its snapshot in flight,
+        fail its calls in flight."""
         link = self._links.pop(member_id, None)
         if link is None:
             return
-        link.close().addErrback(self._log_stop_failure)
+        link.close(f"peer {member_id:x} removed").addErrback(self._log_stop_failure)
 
     def send(self, messages: Iterable[raft_pb2.Message]) -> None:
         """Send each message to its `to`: one write per peer; drops (with one
@@ -423,6 +448,25 @@ class PeerTransport:
         for message in snapshots:
             self._send_snapshot(message)
 
+    def call(self, member_id: int, method: str, payload: bytes,
+             timeout_seconds: float) -> Deferred:
+        """Call `method` on peer `member_id` with `payload`; fires with the response bytes.
+
+        The call goes on the peer's call stream (opened now if it is not open), alongside
+        any others in flight. Fails with `rpctypes.GrpcError(code, message)` if the peer's
+        handler failed, or with `PeerCallError` if the peer is unknown or unreachable, the
+        connection is lost with the call in flight, the transport is stopped, no reply came
+        within `timeout_seconds`, or `max_calls_in_flight` calls to the peer await replies.
+        Cancelling the Deferred forgets the call (its reply is ignored). Raises ValueError
+        for a method name that is empty, not ascii or over 255 bytes.
+        """
+        if self._stopped:
+            return fail(PeerCallError(CALLS_STOPPED_REASON))
+        link = self._links.get(member_id)
+        if link is None:
+            return fail(PeerCallError(f"unknown peer {member_id:x}"))
+        return link.calls.call(method, payload, timeout_seconds)
+
     def is_active(self, member_id: int) -> bool:
         """Whether the outbound message stream to `member_id` is up (HELLO answered)."""
         link = self._links.get(member_id)
@@ -443,11 +487,12 @@ class PeerTransport:
             link.service.startService()
 
     def stop(self) -> Deferred:
-        """Close every connection; fires once the outbound streams are closed. The handler
-        hears nothing more (a snapshot in flight is dropped unreported)."""
+        """Close every connection; fires once the outbound message streams are closed.
+        The handler hears nothing more (a snapshot in flight is dropped unreported);
+        every call in flight fails with `PeerCallError("transport stopped")`."""
         self._running, self._stopped = False, True
         self._context.stopped = True
-        stopping = [link.close().addErrback(self._log_stop_failure)
+        stopping = [link.close(CALLS_STOPPED_REASON).addErrback(self._log_stop_failure)
                     for link in self._links.values()]
         for protocol in list(self._context.inbound):
             protocol.close()

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from etcdd.api.rpctypes import GrpcError, Status
 from etcdd.peer.snapshot import remove_if_exists
 from etcdd.peer.transport import IRaftPeerHandler
 from etcdd.proto import raft_pb2
@@ -92,6 +93,8 @@ class RaftLoop:
             lambda fn, *args: deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args))
         self._sends = 0
         self.transport: Any = None
+        # answers peers' calls (`handle_call`): (from_id, method, payload) -> bytes|Deferred
+        self.call_handler: Callable[[int, str, bytes], Deferred | bytes] | None = None
         self.applied_index = snapshot_index
         self._busy = False
         self._snapshotting = False
@@ -171,6 +174,13 @@ class RaftLoop:
             self._failed(Failure())
             return
         self.schedule()
+
+    def handle_call(self, from_id: int, method: str, payload: bytes) -> Deferred | bytes:
+        """A peer's call, answered by `call_handler`; without one every method is unknown
+        (raises `GrpcError(Status.UNIMPLEMENTED, ...)`)."""
+        if self.call_handler is None:
+            raise GrpcError(Status.UNIMPLEMENTED, f"unknown peer method {method}")
+        return self.call_handler(from_id, method, payload)
 
     def report_unreachable(self, member_id: int) -> None:
         self.node.report_unreachable(member_id)

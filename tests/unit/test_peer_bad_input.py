@@ -9,18 +9,22 @@ from __future__ import annotations
 import hashlib
 import os
 
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.python.compat import iterbytes
 from twisted.trial.unittest import SynchronousTestCase
 
-from etcdd.peer.framing import (FrameDecoder, FrameKind, Hello, StreamKind, encode_error,
-                                encode_frame, encode_hello, frame_header)
+from etcdd.peer.calls import CallStreamClient
+from etcdd.peer.framing import (FrameDecoder, FrameKind, Hello, StreamKind, encode_call,
+                                encode_error, encode_frame, encode_hello, encode_reply,
+                                frame_header)
 from etcdd.peer.protocol import MessageStreamClient, PeerServerProtocol, SnapshotStreamClient
 from tests.unit.test_peer_transport import (CLUSTER_ID, Cluster, accept, captured_log,
                                             formats, message, msg_snap)
 
 HELLO_MSG = encode_hello(Hello(CLUSTER_ID, 1, 2, StreamKind.MSG))
 HELLO_SNAP = encode_hello(Hello(CLUSTER_ID, 1, 2, StreamKind.SNAP))
+HELLO_CALL = encode_hello(Hello(CLUSTER_ID, 1, 2, StreamKind.CALL))
 REPLY_MSG = Hello(CLUSTER_ID, 2, 1, StreamKind.MSG)
 
 
@@ -92,7 +96,7 @@ class InboundTests(_InboundCase):
 
     def test_unknown_kind(self) -> None:
         """A frame kind we do not know is refused."""
-        self.assert_refused(HELLO_MSG + b"\x09\x00\x00\x00\x01x", "unknown frame kind 9")
+        self.assert_refused(HELLO_MSG + b"\x0a\x00\x00\x00\x01x", "unknown frame kind 10")
 
     def test_garbage_protobuf(self) -> None:
         """A MSG that is no raft Message is refused; the good one before it was processed."""
@@ -110,6 +114,12 @@ class InboundTests(_InboundCase):
                             "MsgSnap on a message stream")
         self.assertEqual([m.type for m in self.cluster.handlers[2].processed],
                          [message(2).type])     # only assert_still_serving's message
+
+    def test_call_on_message_stream(self) -> None:
+        """A CALL on a message stream is refused, never handed to the handler."""
+        self.assert_refused(HELLO_MSG + encode_call(1, "echo", b""),
+                            "unexpected CALL frame (expected MSG)")
+        self.assertEqual(self.cluster.handlers[2].calls, [])
 
     def test_msg_before_hello(self) -> None:
         """Anything before HELLO is refused."""
@@ -237,6 +247,161 @@ class InboundSnapshotTests(_InboundCase):
         os.mkdir(self.cluster.snapshot_dirs[2])
         protocol.connectionLost()
         self.assert_still_serving()
+
+
+class InboundCallTests(_InboundCase):
+    """Broken call streams: refused, and member 2 still answers member 1's calls."""
+
+    REPLY = encode_hello(Hello(CLUSTER_ID, 2, 1, StreamKind.CALL))
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.waiting: list[Deferred] = []
+        self.cluster.handlers[2].methods.update(echo=lambda payload: payload,
+                                                wait=lambda payload: self._wait())
+
+    def _wait(self) -> Deferred:
+        d: Deferred = Deferred()
+        self.waiting.append(d)
+        return d
+
+    def assert_call_refused(self, raw: bytes, reason: str) -> StringTransport:
+        """`raw` after a good HELLO, byte by byte, gets ERROR(`reason`) last and a close."""
+        with captured_log() as events:
+            protocol, transport = self.feed(HELLO_CALL + raw)
+        frames = frame_list(transport.value())
+        self.assertEqual((frames[0], frames[-1]), ((FrameKind.HELLO, self.REPLY[5:]),
+                                                   error(reason)))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual([e["reason"] for e in formats(events, "{reason}")], [reason])
+        protocol.connectionLost()
+        return transport
+
+    def assert_still_answering(self) -> None:
+        d = self.cluster.transports[1].call(2, "echo", b"still", timeout_seconds=5)
+        self.cluster.network.flush()
+        self.assertEqual(self.successResultOf(d), b"still")
+        self.assert_still_serving()
+
+    def test_malformed_calls(self) -> None:
+        """CALLs too short, without a method, overrunning their payload, with a name that
+        is not ascii or announcing more than a frame may hold are each refused."""
+        cases = {
+            encode_frame(FrameKind.CALL, b"\0" * 8): "CALL of 8 bytes, want at least 9",
+            encode_frame(FrameKind.CALL, b"\0" * 7 + b"\x02\x00"): "CALL 2 without a method "
+                                                                  "name",
+            encode_frame(FrameKind.CALL, b"\0" * 7 + b"\x02\x09echo"):
+                "CALL 2 method name of 9 bytes overruns its 13-byte payload",
+            encode_frame(FrameKind.CALL, b"\0" * 7 + b"\x02\x04\xe9cho"):
+                "CALL 2 method name is not ascii",
+            frame_header(FrameKind.CALL, 100 << 20):
+                "CALL frame of 104857600 bytes is over the limit of 16777216 bytes",
+        }
+        for raw, reason in cases.items():
+            self.assert_call_refused(raw, reason)
+        self.assertEqual(self.cluster.handlers[2].calls, [])
+        self.assert_still_answering()
+
+    def test_reply_on_call_stream(self) -> None:
+        """The calling side sends no REPLY: one is refused."""
+        self.assert_call_refused(encode_reply(1, b""), "unexpected REPLY frame (expected CALL)")
+        self.assert_still_answering()
+
+    def test_call_id_reused_in_flight(self) -> None:
+        """A CALL reusing the id of one still in flight is refused; the first one's answer,
+        ready after the close, is dropped."""
+        transport = self.assert_call_refused(
+            encode_call(1, "wait", b"") + encode_call(1, "wait", b""),
+            "CALL 1 is already in flight")
+        sent = transport.value()
+        self.waiting[0].callback(b"late")
+        self.assertEqual(transport.value(), sent)
+        self.assert_still_answering()
+
+    def test_quiet_call_stream_kept(self) -> None:
+        """A call stream may stay quiet after its HELLO: no deadline closes it."""
+        protocol, transport = self.feed(HELLO_CALL)
+        self.cluster.clock.advance(3600)
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(encode_call(5, "echo", b"hi"))
+        self.assertEqual(frame_list(transport.value())[-1],
+                         (FrameKind.REPLY, encode_reply(5, b"hi")[5:]))
+        protocol.connectionLost()
+        self.assert_still_answering()
+
+
+class FakeCallLink:
+    """Records what an outbound call stream tells its link."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+
+    def call_stream_ready(self, protocol: CallStreamClient) -> None:
+        self.events.append(("ready", None))
+
+    def reply_received(self, call_id: int, status: int, body: bytes) -> None:
+        self.events.append(("reply", (call_id, status, body)))
+
+    def call_stream_lost(self, protocol: CallStreamClient, reason: str) -> None:
+        self.events.append(("lost", reason))
+
+
+class OutboundCallTests(SynchronousTestCase):
+    """Bytes a broken peer answers our call stream with."""
+
+    REPLY = encode_hello(Hello(CLUSTER_ID, 2, 1, StreamKind.CALL))
+
+    def client(self) -> tuple[CallStreamClient, StringTransport, FakeCallLink]:
+        link = FakeCallLink()
+        protocol = CallStreamClient(Hello(CLUSTER_ID, 1, 2, StreamKind.CALL), link,
+                                    max_frame_bytes=1 << 20)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertEqual(transport.value(), HELLO_CALL)
+        transport.clear()
+        return protocol, transport, link
+
+    def assert_refused(self, raw: bytes, reason: str, ready: bool = True) -> None:
+        """`raw`, byte by byte, gets ERROR(`reason`) and a close; the link hears `reason`."""
+        protocol, transport, link = self.client()
+        with captured_log():
+            for byte in iterbytes(raw):
+                protocol.dataReceived(byte)
+        self.assertEqual(frame_list(transport.value()), [error(reason)])
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost()
+        self.assertEqual(link.events, [("ready", None)] * ready + [("lost", reason)])
+
+    def test_reply_with_unknown_status(self) -> None:
+        """A REPLY whose status is no gRPC code is refused, not delivered."""
+        self.assert_refused(self.REPLY + encode_frame(FrameKind.REPLY,
+                                                      b"\0" * 7 + b"\x04\x11oops"),
+                            "REPLY 4 with unknown status 17")
+
+    def test_short_reply(self) -> None:
+        """A REPLY shorter than its head is refused."""
+        self.assert_refused(self.REPLY + encode_frame(FrameKind.REPLY, b"\0" * 8),
+                            "REPLY of 8 bytes, want at least 9")
+
+    def test_reply_before_hello(self) -> None:
+        """A REPLY before the peer's HELLO is refused; the stream was never ready."""
+        self.assert_refused(encode_reply(1, b""), "unexpected REPLY frame (expected HELLO)",
+                            ready=False)
+
+    def test_call_from_the_peer(self) -> None:
+        """The answering side sends no CALL on our stream: one is refused."""
+        self.assert_refused(self.REPLY + encode_call(1, "echo", b""),
+                            "unexpected CALL frame (expected REPLY)")
+
+    def test_peer_error_reaches_the_link(self) -> None:
+        """An ERROR from the peer closes the stream, and the link hears the peer's reason."""
+        protocol, transport, link = self.client()
+        with captured_log():
+            protocol.dataReceived(self.REPLY + encode_error("member stopped"))
+        self.assertEqual(transport.value(), b"")
+        protocol.connectionLost()
+        self.assertEqual(link.events, [("ready", None),
+                                       ("lost", "refused by the peer: member stopped")])
 
 
 class FakeLink:

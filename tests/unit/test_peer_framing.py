@@ -7,8 +7,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from etcdd.peer.framing import (HELLO_BYTES, MAX_ERROR_BYTES, SNAP_CHUNK_BYTES, FrameDecoder,
                                 FrameKind, FrameTooLargeError, Hello, PeerFrameError,
                                 StreamKind, TruncatedFrameError, UnknownFrameKindError,
-                                decode_error, decode_hello, decode_message, encode_error,
-                                encode_frame, encode_hello, frame_header)
+                                decode_call, decode_error, decode_hello, decode_message,
+                                decode_reply, encode_call, encode_error, encode_frame,
+                                encode_hello, encode_reply, encode_reply_error, frame_header,
+                                reply_message)
 from etcdd.proto import raft_pb2
 
 
@@ -75,6 +77,73 @@ class EncodeTests(SynchronousTestCase):
                          "cluster ID mismatch")
 
 
+class CallFrameTests(SynchronousTestCase):
+    """CALL and REPLY payloads: call id, then method name or status, then the bytes."""
+
+    def test_call_bytes(self) -> None:
+        """A CALL is the call id (u64), the method's length (u8) and ascii, the request."""
+        self.assertEqual(encode_call(7, "renew", b"\x08\x2a"),
+                         b"\x08\x00\x00\x00\x10" + b"\x00" * 7 + b"\x07\x05renew\x08\x2a")
+
+    def test_call_round_trip(self) -> None:
+        """A CALL decodes to what was encoded: 64-bit id, longest method, empty request."""
+        for call_id, method, request in ((2**64 - 1, "m" * 255, b""), (1, "lease/renew",
+                                                                        b"\0" * 300)):
+            frame = encode_call(call_id, method, request)
+            self.assertEqual(frame[:5], frame_header(FrameKind.CALL, len(frame) - 5))
+            self.assertEqual(decode_call(frame[5:]), (call_id, method, request))
+
+    def test_bad_method_name_not_encoded(self) -> None:
+        """A method name that is empty, over 255 bytes or not ascii is a ValueError."""
+        for method in ("", "m" * 256, "renouvelé"):
+            self.assertRaises(ValueError, encode_call, 1, method, b"")
+
+    def test_bad_call_refused(self) -> None:
+        """A CALL too short, with no method name, one overrunning the payload or one that
+        is not ascii is bad input."""
+        head = b"\x00" * 7 + b"\x03"
+        cases = {
+            head: "CALL of 8 bytes, want at least 9",
+            head + b"\x00": "CALL 3 without a method name",
+            head + b"\x05ren": "CALL 3 method name of 5 bytes overruns its 12-byte payload",
+            head + b"\x02r\xe9": "CALL 3 method name is not ascii",
+        }
+        for bad, text in cases.items():
+            e = self.assertRaises(PeerFrameError, decode_call, bad)
+            self.assertEqual(str(e), text)
+
+    def test_reply_round_trip(self) -> None:
+        """An ok REPLY carries the response; a failed one its status and utf-8 message."""
+        ok = encode_reply(2**64 - 1, b"\x08\x2a\x10\x05")
+        self.assertEqual(ok, b"\x09\x00\x00\x00\x0d" + b"\xff" * 8 + b"\x00\x08\x2a\x10\x05")
+        self.assertEqual(decode_reply(ok[5:]), (2**64 - 1, 0, b"\x08\x2a\x10\x05"))
+        failed = encode_reply_error(7, 5, "etcdserver: requested lease not found")
+        call_id, status, body = decode_reply(failed[5:])
+        self.assertEqual((call_id, status, reply_message(body)),
+                         (7, 5, "etcdserver: requested lease not found"))
+
+    def test_reply_message_cut_to_bound(self) -> None:
+        """A failed REPLY's message is cut to MAX_ERROR_BYTES of utf-8, as an ERROR's is."""
+        _, _, body = decode_reply(encode_reply_error(1, 2, "é" * MAX_ERROR_BYTES)[5:])
+        self.assertEqual(len(body), MAX_ERROR_BYTES)
+        self.assertEqual(reply_message(body), "é" * (MAX_ERROR_BYTES // 2))
+
+    def test_reply_error_needs_error_status(self) -> None:
+        """A failed REPLY's status is a gRPC error code, 1 to 16."""
+        for status in (0, 17):
+            self.assertRaises(ValueError, encode_reply_error, 1, status, "x")
+
+    def test_bad_reply_refused(self) -> None:
+        """A REPLY too short for its head, or with a status no gRPC code has, is bad input."""
+        cases = {
+            b"\x00" * 8: "REPLY of 8 bytes, want at least 9",
+            b"\x00" * 7 + b"\x04\x11oops": "REPLY 4 with unknown status 17",
+        }
+        for bad, text in cases.items():
+            e = self.assertRaises(PeerFrameError, decode_reply, bad)
+            self.assertEqual(str(e), text)
+
+
 class DecoderTests(SynchronousTestCase):
 
     def test_frames_in_one_chunk(self) -> None:
@@ -133,12 +202,14 @@ class DecoderTests(SynchronousTestCase):
         self.assertIsInstance(d.error, FrameTooLargeError)
 
     def test_max_is_inclusive(self) -> None:
-        """A frame of exactly max_frame_bytes is accepted."""
-        self.assertEqual(FrameDecoder(4).feed(encode_frame(FrameKind.MSG, b"1234")),
-                         [(2, b"1234")])
-        d = FrameDecoder(4)
-        d.feed(encode_frame(FrameKind.MSG, b"12345"))
-        self.assertIsInstance(d.error, FrameTooLargeError)
+        """A MSG, CALL or REPLY of exactly max_frame_bytes is accepted, one more refused."""
+        for kind in (FrameKind.MSG, FrameKind.CALL, FrameKind.REPLY):
+            self.assertEqual(FrameDecoder(4).feed(encode_frame(kind, b"1234")),
+                             [(kind, b"1234")])
+            d = FrameDecoder(4)
+            d.feed(encode_frame(kind, b"12345"))
+            self.assertIsInstance(d.error, FrameTooLargeError)
+            self.assertEqual(d.error.limit, 4)
 
     def test_per_kind_limits(self) -> None:
         """Kinds with a fixed or small payload are bounded by it, whatever the maximum."""
@@ -156,8 +227,8 @@ class DecoderTests(SynchronousTestCase):
                          [(4, b"x" * SNAP_CHUNK_BYTES)])
 
     def test_unknown_kind_refused(self) -> None:
-        """A kind byte naming no frame (0, 8, 255) is refused from the header."""
-        for kind in (0, 8, 255):
+        """A kind byte naming no frame (0, 10, 255) is refused from the header."""
+        for kind in (0, 10, 255):
             d = FrameDecoder(100)
             self.assertEqual(d.feed(bytes([kind]) + b"\x00\x00\x00\x00"), [])
             self.assertIsInstance(d.error, UnknownFrameKindError)

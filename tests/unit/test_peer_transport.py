@@ -23,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from etcdd.api.rpctypes import GrpcError, Status
 from etcdd.peer.framing import Hello, StreamKind
 from etcdd.peer.protocol import MessageStreamClient
 from etcdd.peer.transport import IRaftPeerHandler, PeerTransport
@@ -70,6 +71,9 @@ class FakeHandler:
         self.source_paths: list[str] = []
         self.received: list[tuple[raft_pb2.Message, bytes, str]] = []
         self.install: Deferred | Exception | None = None   # None: install at once
+        self.calls: list[tuple[int, str, bytes]] = []
+        # method name -> what answers a call of it (the request bytes in, bytes or a Deferred out)
+        self.methods: dict[str, Callable[[bytes], Any]] = {}
 
     def process(self, message: raft_pb2.Message) -> None:
         self.processed.append(message)
@@ -96,6 +100,13 @@ class FakeHandler:
         if isinstance(self.install, Exception):
             return fail(self.install)
         return self.install if self.install is not None else succeed(None)
+
+    def handle_call(self, from_id: int, method: str, payload: bytes) -> Deferred | bytes:
+        self.calls.append((from_id, method, payload))
+        answer = self.methods.get(method)
+        if answer is None:
+            raise GrpcError(Status.UNIMPLEMENTED, f"unknown peer method {method}")
+        return answer(payload)
 
 
 @implementer(IStreamClientEndpoint)
