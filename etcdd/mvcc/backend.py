@@ -9,7 +9,9 @@ Shell. One environment, opened with `subdir=False`: `<path>` is the data file it
     live       user key -> revision key of its current record; deleted keys absent
     meta       consistent_index, term (8-byte big-endian), currentRev (8-byte big-endian),
                scheduledCompactRev, finishedCompactRev (17-byte revision keys, as etcd)
-    lease, auth, authUsers, authRoles, members, members_removed, cluster, alarm
+    lease      lease ID (8-byte big-endian) -> marshaled leasepb.Lease (ID, TTL, RemainingTTL)
+    leaseKeys  lease ID -> the `index` keys of the live keys attached to it, dupsort
+    auth, authUsers, authRoles, members, members_removed, cluster, alarm
                (created empty for the rooms that fill them)
 
 Durability: the WAL is the durability point (issue 3): commits flush the data pages
@@ -33,9 +35,9 @@ T = TypeVar("T")
 DEFAULT_MAP_SIZE = 8 << 30
 DB_NAMES: tuple[bytes, ...] = (
     b"alarm", b"auth", b"authRoles", b"authUsers", b"cluster", b"index", b"key", b"lease",
-    b"live", b"members", b"members_removed", b"meta",
+    b"leaseKeys", b"live", b"members", b"members_removed", b"meta",
 )
-_DUPSORT = frozenset({b"index"})
+_DUPSORT = frozenset({b"index", b"leaseKeys"})
 # LMDB's fixed page overhead: the two meta pages.
 _META_PAGES = 2
 

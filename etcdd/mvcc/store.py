@@ -31,6 +31,7 @@ import crc32c
 import lmdb
 from twisted.logger import Logger
 
+from etcdd.lease import backend as lease_store
 from etcdd.mvcc.backend import Backend
 from etcdd.mvcc.errors import CompactedError, DatabaseSpaceExceededError, FutureRevError
 from etcdd.mvcc.index import ALL, IndexReader
@@ -138,6 +139,11 @@ class ReadView(_View):
         return self._range(key, range_end, rev, limit, count_only, keys_only,
                            self.current_rev)
 
+    @property
+    def txn(self) -> Any:
+        """The LMDB read transaction (for scans the view does not offer, e.g. history)."""
+        return self._txn
+
     def end(self) -> None:
         self._txn.abort()
 
@@ -151,7 +157,9 @@ class ReadView(_View):
 class WriteTxn(_View):
     """One etcd-level write txn inside a batch (etcd's `storeTxnWrite`): every change
     shares main revision `begin_rev + 1`; `changes` lists them (tombstones hold only the
-    key). Invariant: no other txn of the batch is open until `end()`."""
+    key) and `prevs` what each replaced (the watch events' `prev_kv`). A key's lease
+    attachment (`lease/backend.py`) moves with its record. Invariant: no other txn of the
+    batch is open until `end()`."""
 
     def __init__(self, batch: "WriteBatch") -> None:
         self._batch = batch
@@ -161,6 +169,7 @@ class WriteTxn(_View):
         self.begin_rev = batch._current_rev
         self.compact_rev = batch._compact_rev
         self.changes: list[Any] = []
+        self.prevs: list[Any] = []      # each change's previous live KeyValue, or None
         self._ended = False
 
     @property
@@ -194,7 +203,10 @@ class WriteTxn(_View):
             created, version = prev.create_revision, prev.version + 1
         kv = KeyValue(key=key, create_revision=created, mod_revision=rev, version=version,
                       value=value, lease=lease)
-        self._write(ik, _REV.pack(rev, b"_", len(self.changes)), kv, False)
+        old_lease = prev.lease if prev is not None else 0
+        if old_lease != lease:
+            self._move_lease(ik, old_lease, lease)
+        self._write(ik, _REV.pack(rev, b"_", len(self.changes)), kv, False, prev)
         return prev
 
     def delete_range(self, key: bytes, range_end: bytes = b"") -> list[Any]:
@@ -208,12 +220,31 @@ class WriteTxn(_View):
             targets = self._reader.scan(key, end, None)[1]
         rev = self.begin_rev + 1
         prevs = self._records(targets, False)
-        for k, _ in targets:
+        for (k, _), prev in zip(targets, prevs):
+            ik = index_key(k)
+            if prev.lease:
+                self._move_lease(ik, prev.lease, 0)
             rk = _REV.pack(rev, b"_", len(self.changes)) + b"t"
-            self._write(index_key(k), rk, KeyValue(key=k), True)
+            self._write(ik, rk, KeyValue(key=k), True, prev)
         return prevs
 
-    def _write(self, ik: bytes, rk: bytes, kv: Any, tombstone: bool) -> None:
+    def lease_exists(self, lease_id: int) -> bool:
+        """Whether the lease is granted (as this batch sees it)."""
+        return lease_store.exists(self._txn, self._batch._dbs, lease_id)
+
+    def _move_lease(self, ik: bytes, old: int, new: int) -> None:
+        """Move a key's `leaseKeys` attachment from lease `old` to `new` (0: none)."""
+        txn, dbs = self._txn, self._batch._dbs
+        try:
+            if old:
+                lease_store.detach(txn, dbs, old, ik)
+            if new:
+                lease_store.attach(txn, dbs, new, ik)
+        except lmdb.MapFullError as e:
+            self._batch._broken = e
+            raise DatabaseSpaceExceededError() from e
+
+    def _write(self, ik: bytes, rk: bytes, kv: Any, tombstone: bool, prev: Any) -> None:
         """Record one change in `key`, `index` and `live` (three LMDB writes)."""
         txn, batch = self._txn, self._batch
         try:
@@ -228,6 +259,7 @@ class WriteTxn(_View):
             self._batch._broken = e
             raise DatabaseSpaceExceededError() from e
         self.changes.append(kv)
+        self.prevs.append(prev)
 
     def end(self) -> int:
         """Close the txn; returns the store revision after it (bumped only if it wrote)."""
@@ -255,7 +287,7 @@ class WriteBatch:
     durable. Invariant: at most one `WriteTxn` open at a time; none open at commit."""
 
     def __init__(self, backend: Backend) -> None:
-        dbs = backend.dbs
+        dbs = self._dbs = backend.dbs
         self._txn = backend.begin_write()
         self._key_db, self._index_db, self._meta = dbs[b"key"], dbs[b"index"], dbs[b"meta"]
         self._live_db = dbs[b"live"]
@@ -392,6 +424,11 @@ class KVStore:
 
     def current_revision(self) -> int:
         return self._meta()[0]
+
+    def lease_exists(self, lease_id: int) -> bool:
+        """Whether the lease is granted in the committed store."""
+        with self._backend.begin_read() as txn:
+            return lease_store.exists(txn, self._dbs, lease_id)
 
     def compact_revision(self) -> int:
         """The last scheduled compaction's revision (-1 if none): reads below it fail."""

@@ -38,15 +38,17 @@ _RESULTS: dict[int, Callable[[int], bool]] = {
 
 
 class LeaseLookup:
-    """Which leases exist. Until the lessor lands (issue 4) no lease exists."""
+    """Which leases exist: by default, those the write txn's batch sees granted
+    (`WriteTxn.lease_exists`), so every member decides alike at the same index."""
 
-    def exists(self, lease_id: int) -> bool:
-        return False
+    def exists_in(self, view: Any, lease_id: int) -> bool:
+        return view.lease_exists(lease_id)
 
 
 class Applier:
     """Applies KV requests. `view` arguments offer `range(...)`; `txn` arguments are
-    `mvcc/store.py` write txns (`range`, `put`, `delete_range`, `begin_rev`, `changed`)."""
+    `mvcc/store.py` write txns (`range`, `put`, `delete_range`, `begin_rev`, `changed`,
+    `lease_exists`)."""
 
     def __init__(self, leases: LeaseLookup | None = None) -> None:
         self._leases = leases or LeaseLookup()
@@ -128,7 +130,7 @@ class Applier:
         if p.ignore_value or p.ignore_lease:
             if not view.range(p.key, b"").kvs:
                 raise KeyNotFoundError()
-        if p.lease != 0 and not self._leases.exists(p.lease):
+        if p.lease != 0 and not self._leases.exists_in(view, p.lease):
             raise LeaseNotFoundError()
 
     # -- Txn -----------------------------------------------------------------------------

@@ -8,7 +8,8 @@ term, so after a crash the WAL replay skips what the backend already holds. Entr
     EntryConfChange                 membership (server/cluster.py), and handed back to raft
     EntryNormal, empty              a new leader's first entry: nothing to apply
     EntryNormal, v2 Request         etcd's publish / cluster version / QGET (`data[0] == 0x08`)
-    EntryNormal, InternalRaftRequest   put, delete_range, txn, compaction (header.ID answers)
+    EntryNormal, InternalRaftRequest   put, delete_range, txn, compaction, lease_grant,
+                                    lease_revoke, lease_checkpoint (header.ID answers)
 
 A refused request (mvcc or request errors) is that request's answer; it still takes its
 index. Any other failure aborts the whole transaction and is a durability failure.
@@ -25,20 +26,34 @@ from etcdd.mvcc.errors import MVCCError
 from etcdd.proto import etcdserver_pb2, raft_internal_pb2, raft_pb2, rpc_pb2 as pb
 from etcdd.server.apply import Applier
 from etcdd.server.cluster import ClusterState
-from etcdd.server.errors import ServerError
+from etcdd.lease import backend as lease_store
+from etcdd.lease.lessor import MAX_LEASE_TTL_SECONDS
+from etcdd.server.errors import (LeaseExistsError, LeaseNotFoundError, LeaseTTLTooLargeError,
+                                 ServerError)
 
 _V2_TAG = 0x08       # a v2 Request starts with its ID (field 1, varint); v3 never sets it
-_WRITE_KINDS = ("put", "delete_range", "txn", "compaction")
+_WRITE_KINDS = ("put", "delete_range", "txn", "compaction", "lease_grant", "lease_revoke",
+                "lease_checkpoint")
 
 
 @dataclass(slots=True)
 class AppliedBatch:
-    """What applying one Ready's committed entries did (built on the disk thread)."""
+    """What applying one Ready's committed entries did (built on the disk thread).
+
+    `changes` holds, per etcd txn that wrote, `(revision, records, prevs)`: the records it
+    wrote (a tombstone holds only its key) and the live record each replaced (or None), for
+    the watchers. `lease_ops` are the lessor calls to mirror on the reactor, in order:
+    `("grant", id, ttl)`, `("revoke", id)`, `("checkpoint", id, remaining_ttl)`.
+    `leader_entry` says a new leader's empty entry was applied (etcd promotes the lessor
+    then)."""
     last_index: int
     last_term: int = 0
     results: list[tuple[int, Any]] = field(default_factory=list)   # (request ID, answer)
     conf_changes: list[raft_pb2.ConfChange] = field(default_factory=list)
     compaction_scheduled: bool = False
+    changes: list[tuple[int, list, list]] = field(default_factory=list)
+    lease_ops: list[tuple] = field(default_factory=list)
+    leader_entry: bool = False
 
 
 class EntryApplier:
@@ -47,16 +62,22 @@ class EntryApplier:
 
     _log = Logger()
 
-    def __init__(self, store: Any, cluster: ClusterState, applier: Applier) -> None:
+    def __init__(self, store: Any, cluster: ClusterState, applier: Applier,
+                 min_lease_ttl_seconds: int = 1) -> None:
         self._store = store
+        self._dbs = store.backend.dbs
         self._cluster = cluster
         self._applier = applier
+        self._min_lease_ttl = min_lease_ttl_seconds
         self.consistent_index = store.consistent_index()
-        self._apply_kind: dict[str, Callable[[Any, Any], Any]] = {
+        self._apply_kind: dict[str, Callable[[Any, Any, AppliedBatch], Any]] = {
             "put": partial(self._in_txn, self._checked_put),
             "delete_range": partial(self._in_txn, applier.delete_range),
             "txn": partial(self._in_txn, applier.txn),
             "compaction": self._apply_compaction,
+            "lease_grant": self._apply_lease_grant,
+            "lease_revoke": self._apply_lease_revoke,
+            "lease_checkpoint": self._apply_lease_checkpoint,
         }
 
     def apply(self, entries: list) -> AppliedBatch:
@@ -73,7 +94,9 @@ class EntryApplier:
                     out.conf_changes.append(cc)
                     if e.Index > ci:
                         self._cluster.apply_conf_change(batch.raw_txn, cc)
-                elif e.Index > ci and e.Data:
+                elif not e.Data:
+                    out.leader_entry = True
+                elif e.Index > ci:
                     self._apply_normal(batch, e.Data, out)
             last = entries[-1]
             if last.Index > ci:
@@ -103,7 +126,7 @@ class EntryApplier:
         for kind in _WRITE_KINDS:
             if ir.HasField(kind):
                 try:
-                    result = self._apply_kind[kind](batch, getattr(ir, kind))
+                    result = self._apply_kind[kind](batch, getattr(ir, kind), out)
                 except (ServerError, MVCCError) as e:
                     result = e
                 if kind == "compaction" and not isinstance(result, BaseException):
@@ -112,20 +135,70 @@ class EntryApplier:
                 return
         out.results.append((ir.header.ID, None))
 
-    def _in_txn(self, apply: Callable[[Any, Any], Any], batch: Any, req: Any) -> Any:
+    def _in_txn(self, apply: Callable[[Any, Any], Any], batch: Any, req: Any,
+                out: AppliedBatch) -> Any:
         """Apply one request as one etcd txn of the batch (ended even when refused)."""
         txn = batch.txn()
         try:
             return apply(txn, req)
         finally:
-            txn.end()
+            rev = txn.end()
+            if txn.changes:
+                out.changes.append((rev, txn.changes, txn.prevs))
 
     def _checked_put(self, txn: Any, req: Any) -> Any:
         self._applier.check_put(txn, req)
         return self._applier.put(txn, req)
 
-    def _apply_compaction(self, batch: Any, req: Any) -> Any:
+    def _apply_compaction(self, batch: Any, req: Any, out: AppliedBatch) -> Any:
         batch.schedule_compaction(req.revision)
         resp = pb.CompactionResponse()
         resp.header.revision = batch.current_revision()
         return resp
+
+    # -- leases (etcd 3.4 apply.go LeaseGrant/LeaseRevoke/LeaseCheckpoint, lessor.go) -----
+
+    def _apply_lease_grant(self, batch: Any, req: Any, out: AppliedBatch) -> Any:
+        """Raises LeaseTTLTooLargeError, LeaseExistsError (nothing written then)."""
+        if req.TTL > MAX_LEASE_TTL_SECONDS:
+            raise LeaseTTLTooLargeError()
+        txn = batch.raw_txn
+        if lease_store.exists(txn, self._dbs, req.ID):
+            raise LeaseExistsError()
+        ttl = max(req.TTL, self._min_lease_ttl)
+        lease_store.put_row(txn, self._dbs, req.ID, ttl)
+        out.lease_ops.append(("grant", req.ID, ttl))
+        resp = pb.LeaseGrantResponse(ID=req.ID, TTL=ttl)
+        resp.header.revision = batch.current_revision()
+        return resp
+
+    def _apply_lease_revoke(self, batch: Any, req: Any, out: AppliedBatch) -> Any:
+        """Delete the lease's keys in one etcd txn (one revision), sorted, then the lease.
+        Raises LeaseNotFoundError."""
+        txn = batch.raw_txn
+        if not lease_store.exists(txn, self._dbs, req.ID):
+            raise LeaseNotFoundError()
+        keys = lease_store.attached_keys(txn, self._dbs, req.ID)
+        if keys:
+            self._in_txn(_delete_keys, batch, keys, out)
+        lease_store.delete_lease(txn, self._dbs, req.ID)
+        out.lease_ops.append(("revoke", req.ID))
+        resp = pb.LeaseRevokeResponse()
+        resp.header.revision = batch.current_revision()
+        return resp
+
+    def _apply_lease_checkpoint(self, batch: Any, req: Any, out: AppliedBatch) -> Any:
+        txn = batch.raw_txn
+        for cp in req.checkpoints:
+            row = lease_store.get_row(txn, self._dbs, cp.ID)
+            if row is not None:
+                lease_store.put_row(txn, self._dbs, cp.ID, row.TTL, cp.remaining_TTL)
+                out.lease_ops.append(("checkpoint", cp.ID, cp.remaining_TTL))
+        resp = pb.LeaseCheckpointResponse()
+        resp.header.revision = batch.current_revision()
+        return resp
+
+
+def _delete_keys(txn: Any, keys: list[bytes]) -> None:
+    for key in keys:
+        txn.delete_range(key)

@@ -49,7 +49,7 @@ def cmp(key: bytes, target: int, result: int, range_end: bytes = b"", **union: A
 class AllLeases(LeaseLookup):
     """A lease lookup under which every lease exists."""
 
-    def exists(self, lease_id: int) -> bool:
+    def exists_in(self, view: Any, lease_id: int) -> bool:
         return True
 
 
