@@ -82,6 +82,10 @@ WIRE_ERRORS: dict[type[BaseException], tuple[Status, str]] = {
                           "etcdserver: mvcc: required revision is a future revision"),
     mvcc.DatabaseSpaceExceededError: (Status.RESOURCE_EXHAUSTED,
                                       "etcdserver: mvcc: database space exceeded"),
+    # NB: etcd 3.4 v3election returns these as plain Go errors, so grpc-go sends Unknown.
+    server.ElectionNotLeaderError: (Status.UNKNOWN, "election: not leader"),
+    server.ElectionNoLeaderError: (Status.UNKNOWN, "election: no leader"),
+    server.MissingLeaderKeyError: (Status.UNKNOWN, '"leader" field must be provided'),
 }
 
 

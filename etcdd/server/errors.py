@@ -99,3 +99,17 @@ class LeaderTransferTimeoutError(ServerError):
 
 class ProposalDeadlineError(ServerError):
     """A proposal that raft never took (no leader) outlived the request timeout."""
+
+
+class ElectionNotLeaderError(ServerError):
+    """Proclaim by a leader key that is gone or was re-created (etcd 3.4
+    clientv3/concurrency `ErrElectionNotLeader`)."""
+
+
+class ElectionNoLeaderError(ServerError):
+    """Leader of an election nobody campaigns in (clientv3/concurrency
+    `ErrElectionNoLeader`)."""
+
+
+class MissingLeaderKeyError(ServerError):
+    """Proclaim or Resign without its `leader` field (v3election `ErrMissingLeaderKey`)."""
