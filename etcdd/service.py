@@ -21,18 +21,25 @@ from twisted.python.failure import Failure
 
 from etcdd.api.http import build_root, client_site
 from etcdd.api.kv import HeaderFiller, KVService
+from etcdd.api.election import ElectionService
+from etcdd.api.lease import LeaseService
+from etcdd.api.local import LocalClient
+from etcdd.api.lock import LockService
+from etcdd.api.watch import WatchService
 from etcdd.api.maintenance import MaintenanceService
 from etcdd.api.mux import ClientPortFactory
 from etcdd.api.router import Router
 from etcdd.config import Config, ConfigError
 from etcdd.mvcc.backend import Backend
 from etcdd.mvcc.store import KVStore
+from etcdd.mvcc.watchable import WatchableStore
 from etcdd.server import membership
 from etcdd.server.disk import DiskExecutor, choose_cpu
 from etcdd.server.identity import DataDirError, load_or_create_identity
 from etcdd.server.bootstrap import BootstrapError, RaftState, open_raft
 from etcdd.server.cluster import ClusterState
 from etcdd.server.errors import NoLeaderError
+from etcdd.server.leases import LeaseHost, min_lease_ttl_seconds
 from etcdd.server.member import Identity, Member
 from etcdd.server.raftloop import RaftLoop
 from etcdd.peer.transport import PeerTransport
@@ -86,6 +93,8 @@ class MemberService(MultiService):
         self.loop: RaftLoop | None = None
         self.cluster: ClusterState | None = None
         self.transport: PeerTransport | None = None
+        self.watchable: WatchableStore | None = None
+        self.leases: LeaseHost | None = None
         self._in_pool: set[Deferred] = set()
         self.exit_status = 0
 
@@ -143,7 +152,19 @@ class MemberService(MultiService):
                              election_timeout_seconds=c.election_timeout_ms / 1000,
                              client_urls=tuple(c.advertise_client_urls),
                              applied_index=self.raft.snapshot_index,
-                             on_fatal=self._fatal)
+                             on_fatal=self._fatal,
+                             min_lease_ttl_seconds=min_lease_ttl_seconds(
+                                 c.election_ticks, c.heartbeat_interval_ms))
+        self.watchable = WatchableStore(self.store, self._reactor, self._run_in_pool)
+        self.leases = LeaseHost(self.member, self.store, self._reactor,
+                                min_ttl_seconds=min_lease_ttl_seconds(
+                                    c.election_ticks, c.heartbeat_interval_ms),
+                                election_timeout_seconds=c.election_timeout_ms / 1000,
+                                request_timeout_seconds=c.request_timeout_seconds,
+                                checkpointing=c.experimental_enable_lease_checkpoint,
+                                run_read=self._run_in_pool)
+        self.member.watchable = self.watchable
+        self.member.leases = self.leases
         r = self.raft
         self.loop = RaftLoop(r.node, r.storage, r.wal, r.snapshotter, self.store, self.disk,
                              self._reactor, self.member,
@@ -158,6 +179,8 @@ class MemberService(MultiService):
                                        max_frame_bytes=max(16 << 20,
                                                            2 * c.max_request_bytes + (1 << 20)))
         self.loop.transport = self.transport
+        self.loop.call_handler = self.leases.handle_call
+        self.leases.transport = self.transport
         self._listen()
         self.transport.start()
         for m in (self.cluster.sorted_members() or members):
@@ -168,6 +191,8 @@ class MemberService(MultiService):
         for _ in range(c.election_ticks - 1):
             r.node.tick()
         self.member.start()
+        self.watchable.start()
+        self.leases.start()
         self.loop.start()
         self._log.info("{name} started ({state}), member {mid:x} of cluster {cid:x}",
                        name=c.name, state="new" if r.is_new else "restarted",
@@ -182,6 +207,13 @@ class MemberService(MultiService):
         KVService(self.member, header, self.config.max_txn_ops).register(router)
         MaintenanceService(self.member, self.store, self.backend, header, self.cluster,
                            run_read=self._run_in_pool).register(router)
+        c = self.config
+        WatchService(self.watchable, header, self._reactor, c.max_request_bytes,
+                     c.experimental_watch_progress_notify_interval_seconds).register(router)
+        LeaseService(self.leases, header).register(router)
+        local = LocalClient(self.member, self.watchable, self.leases, header)
+        LockService(local).register(router)
+        ElectionService(local).register(router)
         return router
 
     def _require_leader(self, context: Any) -> None:
@@ -251,6 +283,9 @@ class MemberService(MultiService):
             self.loop.stop()
         if self.member is not None:
             self.member.stop()
+        for part in (self.watchable, self.leases):
+            if part is not None:
+                part.stop()
         transport_stopped = self.transport.stop() if self.transport is not None else None
         ports, factories = self._ports, self._factories
         self._ports, self._factories = [], []

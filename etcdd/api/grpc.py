@@ -112,7 +112,7 @@ class _Call:
 
     __slots__ = ("_protocol", "stream_id", "method", "context", "deframer", "handler", "out",
                  "out_bytes", "trailers", "headers_sent", "finished", "closed", "invoked",
-                 "timer", "writable_callbacks")
+                 "timer", "writable_callbacks", "pending")
 
     def __init__(self, protocol: GrpcProtocol, stream_id: int, method: UnaryMethod | StreamMethod,
                  context: CallContext, deframer: Deframer) -> None:
@@ -131,6 +131,7 @@ class _Call:
         self.invoked = False                        # unary: the handler has its request
         self.timer: IDelayedCall | None = None
         self.writable_callbacks: list[Callable[[], None]] = []
+        self.pending: Deferred | None = None       # unary: the handler's unfired answer
 
     # IServerStream
 
@@ -439,6 +440,8 @@ class GrpcProtocol(Protocol):
             self._fail_with(call, Failure())
             return
         if isinstance(result, Deferred):
+            if not result.called:
+                call.pending = result
             result.addCallbacks(self._respond, self._unary_failed,
                                 callbackArgs=(call,), errbackArgs=(call,))
         else:
@@ -517,6 +520,12 @@ class GrpcProtocol(Protocol):
         self._cancel_handler(call)
 
     def _cancel_handler(self, call: _Call) -> None:
+        """Tell whoever serves `call` that nobody waits for it any more: a stream
+        handler hears `cancelled()`, a unary call's pending Deferred is cancelled (its
+        canceller, if any, releases what the call holds, e.g. a lock waiter's key)."""
+        pending, call.pending = call.pending, None
+        if pending is not None and not pending.called:
+            pending.cancel()
         handler, call.handler = call.handler, None
         if handler is not None:
             try:

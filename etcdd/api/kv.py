@@ -31,6 +31,14 @@ class HeaderFiller:
             resp.header.revision = self._store.current_revision()
         return resp
 
+    def raft_term(self) -> int:
+        return self._member.term
+
+    def fill_identity(self, header: Any) -> None:
+        """Set a ResponseHeader's cluster and member IDs."""
+        header.cluster_id = self._cluster_id
+        header.member_id = self._member_id
+
     def fill_without_revision(self, resp: Any) -> Any:
         header = resp.header
         header.cluster_id = self._cluster_id

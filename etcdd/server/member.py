@@ -79,7 +79,8 @@ class Member:
                  reactor: IReactorTime, max_request_bytes: int = 1572864,
                  request_timeout_seconds: float = 7.0, election_timeout_seconds: float = 1.0,
                  client_urls: tuple[str, ...] = (), applied_index: int = 0,
-                 on_fatal: Callable[[Failure], None] | None = None) -> None:
+                 on_fatal: Callable[[Failure], None] | None = None,
+                 min_lease_ttl_seconds: int = 1) -> None:
         self.identity = identity
         self._store = store
         self.cluster = cluster
@@ -91,8 +92,13 @@ class Member:
         self._client_urls = client_urls
         self._on_fatal = on_fatal or (lambda failure: None)
         self._applier = Applier()
-        self._entries = EntryApplier(store, cluster, self._applier)
+        self._entries = EntryApplier(store, cluster, self._applier,
+                                     min_lease_ttl_seconds=min_lease_ttl_seconds)
         self.loop: Any = None                       # the RaftLoop, attached by the service
+        # Attached by the service (None in tests that need neither): the watchable store
+        # (mvcc/watchable.py) and the leases (server/leases.py).
+        self.watchable: Any = None
+        self.leases: Any = None
         self._ids = RequestIDs(identity.member_id, reactor.seconds())
         self._waiters = IDWaiters()
         self._deadlines: deque[tuple[float, int]] = deque()   # (deadline, request ID)
@@ -360,6 +366,8 @@ class Member:
         else:
             self._log.info("{me:x} lost leader; raft.node has no leader at term {term}",
                            me=self.identity.member_id, term=self.term)
+        if state != StateType.LEADER and self.leases is not None:
+            self.leases.lost_leadership()
         for target, d in list(self._transfer_waiters):
             if lead == target:
                 self._transfer_waiters.remove((target, d))
@@ -377,6 +385,13 @@ class Member:
                 return
 
     def entries_applied(self, batch: AppliedBatch) -> None:
+        # The lessor and the watchers hear of the batch before any client does.
+        if batch.lease_ops and self.leases is not None:
+            self.leases.applied(batch.lease_ops)
+        if batch.changes and self.watchable is not None:
+            self.watchable.notify(batch.changes)
+        if batch.leader_entry and self.leases is not None:
+            self.leases.leader_entry_applied()
         self._applied.applied_to(batch.last_index)
         self._applied_term = batch.last_term
         trigger = self._waiters.trigger
@@ -402,6 +417,10 @@ class Member:
         self._applied.applied_to(index)
         self._applied_term = snapshot.metadata.term
         self._log.info("finished applying incoming snapshot at index {index}", index=index)
+        if self.leases is not None:
+            self.leases.reload()
+        if self.watchable is not None:
+            self.watchable.restore()
         if self._store.pending_compaction():
             self._run_compaction()
 

@@ -1,0 +1,125 @@
+"""The v3 Lease service: LeaseGrant, LeaseRevoke, LeaseKeepAlive, LeaseTimeToLive, LeaseLeases.
+
+Shell glue over `server/leases.py`. Matches etcd 3.4 `etcdserver/api/v3rpc/lease.go`:
+a keep-alive for an unknown lease answers TTL 0 and the stream goes on; a TimeToLive for
+an unknown lease answers TTL -1; other errors end the call with etcd's status.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from etcdd.api.kv import HeaderFiller
+from etcdd.api.router import CallContext, IServerStream, IStreamHandler, Router
+from etcdd.api.rpctypes import GrpcError, Status
+from etcdd.proto import rpc_pb2 as pb
+from etcdd.server.errors import LeaseNotFoundError
+
+# Renewals in flight per keep-alive stream (a follower's wait on the leader); past this
+# the stream is ended rather than buffering a client that sends without reading.
+MAX_RENEWALS_IN_FLIGHT = 10_000
+TOO_MANY_RENEWALS = "etcdd: too many keep-alives in flight on this stream"
+
+
+class LeaseService:
+    """Handlers for /etcdserverpb.Lease/*."""
+
+    def __init__(self, leases: Any, header: HeaderFiller) -> None:
+        self._leases = leases
+        self._header = header
+
+    def register(self, router: Router) -> None:
+        add = router.add_unary
+        add("/etcdserverpb.Lease/LeaseGrant", pb.LeaseGrantRequest, self.grant)
+        add("/etcdserverpb.Lease/LeaseRevoke", pb.LeaseRevokeRequest, self.revoke)
+        add("/etcdserverpb.Lease/LeaseTimeToLive", pb.LeaseTimeToLiveRequest, self.time_to_live)
+        add("/etcdserverpb.Lease/LeaseLeases", pb.LeaseLeasesRequest, self.leases)
+        router.add_stream("/etcdserverpb.Lease/LeaseKeepAlive", pb.LeaseKeepAliveRequest,
+                          self.keep_alive)
+
+    def grant(self, req: Any, context: CallContext) -> Any:
+        return self._leases.grant(req).addCallback(self._header.fill)
+
+    def revoke(self, req: Any, context: CallContext) -> Any:
+        return self._leases.revoke(req).addCallback(self._header.fill)
+
+    def time_to_live(self, req: Any, context: CallContext) -> Any:
+        def not_found(failure: Failure) -> Any:
+            failure.trap(LeaseNotFoundError)
+            return pb.LeaseTimeToLiveResponse(ID=req.ID, TTL=-1)
+        d = self._leases.time_to_live(req).addErrback(not_found)
+        return d.addCallback(self._fill_fresh)
+
+    def _fill_fresh(self, resp: Any) -> Any:
+        resp.ClearField("header")       # a forwarded answer carries the leader's header
+        return self._header.fill(resp)
+
+    def leases(self, req: Any, context: CallContext) -> Any:
+        resp = pb.LeaseLeasesResponse()
+        for lease_id in self._leases.leases():
+            resp.leases.add(ID=lease_id)
+        return self._header.fill(resp)
+
+    def keep_alive(self, context: CallContext, stream: IServerStream) -> IStreamHandler:
+        return KeepAliveStream(self._leases, self._header, stream)
+
+
+@implementer(IStreamHandler)
+class KeepAliveStream:
+    """One LeaseKeepAlive call: each request renews its lease and answers once renewed."""
+
+    def __init__(self, leases: Any, header: HeaderFiller, stream: IServerStream) -> None:
+        self._leases = leases
+        self._header = header
+        self._stream = stream
+        self._in_flight = 0
+        self._done = False
+        self._eof = False
+
+    def message_received(self, request: Any) -> None:
+        if self._done:
+            return
+        if self._in_flight >= MAX_RENEWALS_IN_FLIGHT:
+            self._done = True
+            self._stream.finish(GrpcError(Status.RESOURCE_EXHAUSTED, TOO_MANY_RENEWALS))
+            return
+        lease_id = request.ID
+        resp = pb.LeaseKeepAliveResponse(ID=lease_id)
+        self._header.fill(resp)          # etcd fills the header before renewing
+        self._in_flight += 1
+        self._leases.renew(lease_id).addCallbacks(self._renewed, self._failed,
+                                                  callbackArgs=(resp,), errbackArgs=(resp,))
+
+    def _renewed(self, ttl: int, resp: Any) -> None:
+        self._in_flight -= 1
+        if not self._done:
+            resp.TTL = ttl
+            self._stream.send(resp)
+            self._maybe_end()
+
+    def _failed(self, failure: Failure, resp: Any) -> None:
+        self._in_flight -= 1
+        if self._done:
+            return
+        if failure.check(LeaseNotFoundError):
+            resp.TTL = 0
+            self._stream.send(resp)
+            self._maybe_end()
+            return
+        self._done = True
+        self._stream.finish(failure.value)
+
+    def end_of_input(self) -> None:
+        """etcd's receive loop returns nil at EOF: the call ends OK once answered."""
+        self._eof = True
+        self._maybe_end()
+
+    def _maybe_end(self) -> None:
+        if self._eof and self._in_flight == 0 and not self._done:
+            self._done = True
+            self._stream.finish()
+
+    def cancelled(self) -> None:
+        self._done = True
