@@ -38,6 +38,11 @@ PUT, DELETE = Event.PUT, Event.DELETE
 DEFAULT_MAX_HISTORY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_HISTORY_RECORDS = 20_000
 DEFAULT_TICK_SECONDS = 0.1          # etcd: syncWatchersLoop 100 ms, victims 10 ms
+# Reactor time one notification (or one victim retry) may spend sending to watchers; the
+# watchers left over become victims and catch up later, in batches from history, so
+# 10,000 watchers of one prefix cost writes a bounded share of the reactor.
+DEFAULT_DELIVERY_BUDGET_SECONDS = 0.004
+_CHECK_EVERY = 32                   # deliveries between looks at the clock
 
 
 class IWatchSink(Interface):
@@ -76,13 +81,15 @@ class WatchableStore:
     def __init__(self, store: Any, reactor: IReactorTime, run_read: Callable[..., Deferred], *,
                  tick_seconds: float = DEFAULT_TICK_SECONDS,
                  max_history_bytes: int = DEFAULT_MAX_HISTORY_BYTES,
-                 max_history_records: int = DEFAULT_MAX_HISTORY_RECORDS) -> None:
+                 max_history_records: int = DEFAULT_MAX_HISTORY_RECORDS,
+                 delivery_budget_seconds: float = DEFAULT_DELIVERY_BUDGET_SECONDS) -> None:
         self._store = store
         self._reactor = reactor
         self._run_read = run_read
         self._tick_seconds = tick_seconds
         self._max_bytes = max_history_bytes
         self._max_records = max_history_records
+        self._budget = delivery_budget_seconds
         self.core = WatchableCore(store.current_revision())
         self._reading = False
         self._sync_call: Any = None
@@ -124,17 +131,37 @@ class WatchableStore:
     # -- new revisions --------------------------------------------------------------------
 
     def notify(self, changes: list[tuple[int, list, list]]) -> None:
-        """Hand the events of applied transactions `(rev, records, prevs)` to synced watchers."""
+        """Hand the events of applied transactions `(rev, records, prevs)` to synced
+        watchers, within the delivery budget; the rest become victims."""
         core = self.core
+        deadline = None
         for rev, records, prevs in changes:
             if not len(core.synced):
                 core.notify(rev, [])             # only moves the revision
                 continue
             batch = core.notify(rev, build_events(rev, records, prevs))
-            for w, evs in batch.items():
-                if not w.stream.deliver(w, evs, rev):
-                    core.add_victim(w, evs)
-                    self._retry_when_writable(w)
+            if not batch:
+                continue
+            if deadline is None:
+                deadline = self._reactor.seconds() + self._budget
+            deadline = self._deliver(batch, rev, deadline)
+
+    def _deliver(self, batch: dict[Watcher, list], rev: int, deadline: float) -> float:
+        """Send each watcher its events until `deadline`; returns the deadline, or -1 once
+        it has passed (every later watcher is parked as a victim at once)."""
+        core, seconds = self.core, self._reactor.seconds
+        n = 0
+        for w, evs in batch.items():
+            if deadline < 0:
+                core.add_victim(w, evs)        # retried by the tick, then history
+                continue
+            if not w.stream.deliver(w, evs, rev):
+                core.add_victim(w, evs)
+                self._retry_when_writable(w)
+            n += 1
+            if n % _CHECK_EVERY == 0 and seconds() > deadline:
+                deadline = -1
+        return deadline
 
     def restore(self) -> None:
         """After a snapshot install: every watcher catches up from the new store."""
@@ -156,7 +183,16 @@ class WatchableStore:
         core = self.core
         if not core.victims:
             return
+        seconds = self._reactor.seconds
+        deadline = seconds() + self._budget
+        n = 0
         for w, evs in core.retry_victims().items():
+            if n >= 0 and n % _CHECK_EVERY == 0 and seconds() > deadline:
+                n = -1                           # out of time: the rest wait for the tick
+            if n < 0:
+                core.victim_delivered(w, False)
+                continue
+            n += 1
             ok = w.stream.deliver(w, evs, evs[-1].kv.mod_revision) if evs else True
             core.victim_delivered(w, ok)
             if not ok:

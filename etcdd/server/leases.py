@@ -174,8 +174,8 @@ class LeaseHost:
             return _ID.unpack(raw)[0]
 
         def failed(failure: Failure) -> Any:
-            if failure.check(GrpcError) and failure.value.code == Status.NOT_FOUND:
-                return failure
+            if _is_not_found(failure):
+                raise errors.LeaseNotFoundError()
             return self._retry_renew(lease_id, deadline)
         return d.addCallbacks(answered, failed)
 
@@ -206,7 +206,12 @@ class LeaseHost:
         if not lead or lead == self._member.identity.member_id or self.transport is None:
             return fail(errors.NoLeaderError())
         d = self.transport.call(lead, "lease_ttl", req.SerializeToString(), self._timeout)
-        return d.addCallback(pb.LeaseTimeToLiveResponse.FromString)
+
+        def failed(failure: Failure) -> Any:
+            if _is_not_found(failure):
+                raise errors.LeaseNotFoundError()
+            return failure
+        return d.addCallbacks(pb.LeaseTimeToLiveResponse.FromString, failed)
 
     def time_to_live_local(self, req: Any) -> Deferred:
         """Raises (as a failed Deferred) LeaseNotFoundError."""
@@ -242,3 +247,8 @@ class LeaseHost:
             req = pb.LeaseTimeToLiveRequest.FromString(payload)
             return self.time_to_live_local(req).addCallback(lambda r: r.SerializeToString())
         raise GrpcError(Status.UNIMPLEMENTED, f"unknown peer method {method}")
+
+
+def _is_not_found(failure: Failure) -> bool:
+    """Whether a forwarded call failed with the leader's `requested lease not found`."""
+    return bool(failure.check(GrpcError)) and failure.value.code == Status.NOT_FOUND
