@@ -124,6 +124,7 @@ class WatchStream:
         self._fragment: set[int] = set()
         self._progress: dict[int, bool] = {}     # watch ID -> no events since last tick
         self._progress_timer: Any = None
+        self._on_writable: list[Callable[[], None]] = []
         self._closed = False
 
     # IStreamHandler
@@ -152,22 +153,24 @@ class WatchStream:
         wsrev = watchable.current_revision
         start = creq.start_revision or wsrev + 1
         watch_id = creq.watch_id
+        # etcd 3.4 mvcc/watcher.go Watch: the range first, then the ID; a refused create
+        # takes no ID.
         reason = None
+        if creq.range_end not in (b"", b"\x00") and key >= creq.range_end:
+            reason = EMPTY_RANGE_REASON
+        elif watch_id != 0 and watch_id in self.watchers:
+            reason = DUPLICATE_ID_REASON
+        elif len(self.watchers) >= MAX_WATCHERS_PER_STREAM:
+            reason = "etcdd: too many watchers on this stream"
+        if reason is not None:
+            self._send_control(pb.WatchResponse(watch_id=INVALID_WATCH_ID, created=True,
+                                                canceled=True, cancel_reason=reason), wsrev)
+            return
         if watch_id == 0:
             while self._next_id in self.watchers:
                 self._next_id += 1
             watch_id = self._next_id
             self._next_id += 1
-        elif watch_id in self.watchers:
-            reason = DUPLICATE_ID_REASON
-        if reason is None and len(self.watchers) >= MAX_WATCHERS_PER_STREAM:
-            reason = "etcdd: too many watchers on this stream"
-        if reason is None and creq.range_end not in (b"", b"\x00") and key >= creq.range_end:
-            reason = EMPTY_RANGE_REASON
-        if reason is not None:
-            self._send_control(pb.WatchResponse(watch_id=INVALID_WATCH_ID, created=True,
-                                                canceled=True, cancel_reason=reason), wsrev)
-            return
         # NB: the created response goes first; events can only follow it.
         self._send_control(pb.WatchResponse(watch_id=watch_id, created=True), wsrev)
         try:
@@ -213,12 +216,24 @@ class WatchStream:
         return True
 
     def compacted(self, watcher: Watcher, compact_rev: int) -> None:
-        self.watchers.pop(watcher.id, None)
+        # NB: etcd keeps the ID on the stream until the client cancels it: a cancel is
+        # answered, and the ID is not handed out again meanwhile.
         self._send_control(pb.WatchResponse(watch_id=watcher.id, compact_revision=compact_rev,
                                             canceled=True), 0)
 
     def when_writable(self, callback: Callable[[], None]) -> None:
-        self._stream.on_writable(callback)
+        """Call `callback` once the stream drains; one registration with the stream
+        however many watchers (or ticks) ask."""
+        if callback in self._on_writable:
+            return
+        self._on_writable.append(callback)
+        if len(self._on_writable) == 1:
+            self._stream.on_writable(self._writable_again)
+
+    def _writable_again(self) -> None:
+        callbacks, self._on_writable = self._on_writable, []
+        for callback in callbacks:
+            callback()
 
     # responses
 
@@ -231,7 +246,8 @@ class WatchStream:
         header = service.header_bytes(rev)
         blobs = [_events_blob([ev], service.blob_cache) for ev in events]
         base = len(_response_bytes(header, watch_id, b"", True))
-        if len(events) < 2 or base + sum(map(len, blobs)) < limit:
+        # NB: etcd sizes the unfragmented response without the fragment field (2 bytes).
+        if len(events) < 2 or base - 2 + sum(map(len, blobs)) < limit:
             self._stream.send(_response_bytes(header, watch_id, b"".join(blobs)))
             return
         i = 0
