@@ -90,6 +90,7 @@ class WatchService:
         self._header_raw = b""
         # Serialized events shared by every stream (see `_events_blob`).
         self.blob_cache: dict[int, tuple[Any, bytes]] = {}
+        self.list_cache: dict[int, tuple[list, bytes]] = {}
 
     def register(self, router: Router) -> None:
         router.add_stream("/etcdserverpb.Watch/Watch", pb.WatchRequest, self.open)
@@ -105,6 +106,7 @@ class WatchService:
             self.header.fill_identity(header)
             self._header_key, self._header_raw = (rev, term), header.SerializeToString()
             self.blob_cache = {}         # a new revision: the events of the last are done
+            self.list_cache = {}
         return self._header_raw
 
 
@@ -209,8 +211,12 @@ class WatchStream:
         if wid in self._fragment:
             self._send_fragments(wid, events, rev)
         else:
-            blob = _events_blob(events, service.blob_cache)
-            stream.send(_response_bytes(header, wid, blob))
+            hit = service.list_cache.get(id(events))
+            if hit is None or hit[0] is not events:
+                # watchers sharing a list (one interval, one start) share its bytes
+                hit = service.list_cache[id(events)] = (
+                    events, _events_blob(events, service.blob_cache))
+            stream.send(_response_bytes(header, wid, hit[1]))
         if wid in self._progress:
             self._progress[wid] = False
         return True

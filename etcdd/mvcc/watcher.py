@@ -19,6 +19,7 @@ it exactly once, in revision order (see `Watcher.min_rev`).
 """
 from __future__ import annotations
 
+import bisect
 import random
 from dataclasses import dataclass
 from typing import Iterable
@@ -274,28 +275,37 @@ class WatchableCore:
 
     def _collect_history(self, plan: SyncPlan, events: list[Event]
                          ) -> tuple[dict[Watcher, list[Event]], dict[Watcher, int]]:
-        batch: dict[Watcher, list[Event]] = {}
-        revs: dict[Watcher, int] = {}
-        more: dict[Watcher, int] = {}
-        limit, max_rev, sets_for = self.max_revs_per_batch, plan.max_rev, plan.group.sets_for
+        """Each watcher's share of `events`: from its `min_rev`, at most
+        `max_revs_per_batch` distinct revisions (`more[w]` is the first revision left).
+
+        Watchers on the same interval share one set, so the events are matched once per
+        set, and watchers of a set with the same `min_rev` share one list: 1,000 watchers
+        of one prefix cost one pass over the events, not 1,000."""
+        max_rev, sets_for = plan.max_rev, plan.group.sets_for
+        per_set: dict[int, tuple[dict[Watcher, None], list[Event]]] = {}
         for ev in events:
-            rev = ev.kv.mod_revision
-            if rev > max_rev:
+            if ev.kv.mod_revision > max_rev:
                 break
             for ws in sets_for(ev.kv.key):
-                for w in ws:
-                    if rev < w.min_rev or w in more:
-                        continue
-                    evs = batch.get(w)
-                    if evs is None:
-                        batch[w], revs[w] = [ev], 1
-                        continue
-                    if rev > evs[-1].kv.mod_revision:
-                        if revs[w] >= limit:
-                            more[w] = rev
-                            continue
-                        revs[w] += 1
-                    evs.append(ev)
+                entry = per_set.get(id(ws))
+                if entry is None:
+                    per_set[id(ws)] = (ws, [ev])
+                else:
+                    entry[1].append(ev)
+        batch: dict[Watcher, list[Event]] = {}
+        more: dict[Watcher, int] = {}
+        limit = self.max_revs_per_batch
+        for ws, evs in per_set.values():
+            revs = [ev.kv.mod_revision for ev in evs]
+            shares: dict[int, tuple[list[Event], int | None]] = {}
+            for w in ws:
+                share = shares.get(w.min_rev)
+                if share is None:
+                    share = shares[w.min_rev] = _cut(evs, revs, w.min_rev, limit)
+                if share[0]:
+                    batch[w] = share[0]
+                if share[1] is not None:
+                    more[w] = share[1]
         return batch, more
 
     def restore(self, cur_rev: int) -> None:
@@ -309,6 +319,21 @@ class WatchableCore:
         for w in self.synced:
             self.unsynced.add(w)
         self.synced = WatcherGroup(self._rand)
+
+
+def _cut(events: list[Event], revs: list[int], min_rev: int,
+         limit: int) -> tuple[list[Event], int | None]:
+    """The events at or after `min_rev`, at most `limit` distinct revisions of them, and
+    the first revision left out (None if none was)."""
+    start = bisect.bisect_left(revs, min_rev)
+    distinct, last = 0, -1
+    for i in range(start, len(revs)):
+        rev = revs[i]
+        if rev != last:
+            if distinct >= limit:
+                return events[start:i], rev
+            distinct, last = distinct + 1, rev
+    return events[start:], None
 
 
 def _shape(batch: dict[Watcher, list[Event]],
