@@ -21,6 +21,10 @@ setup(
             "pytest>=8",
             "grpcio==1.85.1",
             "grpcio-tools==1.85.1",
+            # The real python-etcd3 client for the integration tests; its contended
+            # Lock.acquire needs tenacity's pre-7 wait API.
+            "etcd3==0.12.0",
+            "tenacity>=6.1,<7",
         ],
     },
     entry_points={
