@@ -208,7 +208,8 @@ class MemberService(MultiService):
         MaintenanceService(self.member, self.store, self.backend, header, self.cluster,
                            run_read=self._run_in_pool).register(router)
         c = self.config
-        WatchService(self.watchable, header, self._reactor, c.max_request_bytes,
+        # etcd 3.4 v3rpc/watch.go: fragments are cut at MaxRequestBytes + grpcOverheadBytes.
+        WatchService(self.watchable, header, self._reactor, c.max_request_bytes + 512 * 1024,
                      c.experimental_watch_progress_notify_interval_seconds).register(router)
         LeaseService(self.leases, header).register(router)
         local = LocalClient(self.member, self.watchable, self.leases, header)

@@ -13,7 +13,8 @@ Shell glue over `mvcc/watchable.py`. Matches etcd 3.4 `etcdserver/api/v3rpc/watc
 * progress_notify: every `--experimental-watch-progress-notify-interval` a synced watcher
   that got no events since the last tick gets an empty response at the current revision.
 * events: header revision of the transaction (or of the sync round for history); with
-  `fragment`, a response over `max_request_bytes` is split as etcd's `sendFragments`.
+  `fragment`, a response over `fragment_bytes` (etcd: `--max-request-bytes` + 512 KiB)
+  is split as etcd's `sendFragments`.
 * a compacted start revision: `compact_revision` set and `canceled`, header revision 0.
 
 Responses with events are encoded by hand from events serialized once per notification,
@@ -80,11 +81,11 @@ class WatchService:
     """Handler for /etcdserverpb.Watch/Watch."""
 
     def __init__(self, watchable: WatchableStore, header: HeaderFiller, reactor: IReactorTime,
-                 max_request_bytes: int, progress_interval_seconds: float = 600.0) -> None:
+                 fragment_bytes: int, progress_interval_seconds: float = 600.0) -> None:
         self.watchable = watchable
         self.header = header
         self.reactor = reactor
-        self.max_request_bytes = max_request_bytes
+        self.fragment_bytes = fragment_bytes
         self.progress_interval_seconds = progress_interval_seconds
         self._header_key: tuple[int, int] = (-1, -1)
         self._header_raw = b""
@@ -248,7 +249,7 @@ class WatchStream:
         fragment holds events while under the limit (at least one); all but the last
         are marked `fragment`."""
         service = self._service
-        limit = service.max_request_bytes
+        limit = service.fragment_bytes
         header = service.header_bytes(rev)
         blobs = [_events_blob([ev], service.blob_cache) for ev in events]
         base = len(_response_bytes(header, watch_id, b"", True))

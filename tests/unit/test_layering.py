@@ -33,6 +33,7 @@ CORES = (
     "etcdd/server/validate.py",
     "etcdd/server/apply.py",
     "etcdd/peer/framing.py",
+    "etcdd/api/concurrency.py",
 )
 CORE_DIRS = ("etcdd/raft",)
 

@@ -633,7 +633,7 @@ class FragmentTests(WatchTestCase):
             rev = self.store.current_revision() + 1
             full = pb.WatchResponse(header=header(rev), watch_id=0, events=events)
             limit = full.ByteSize() + delta
-            self.service.max_request_bytes = limit
+            self.service.fragment_bytes = limit
             self.commit(ops)
             got, want = fake.take(), etcd_fragments(full, limit)
             if got != want:
