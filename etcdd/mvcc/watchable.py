@@ -153,7 +153,8 @@ class WatchableStore:
         n = 0
         for w, evs in batch.items():
             if deadline < 0:
-                core.add_victim(w, evs)        # retried by the tick, then history
+                core.add_victim(w, evs)        # retried next turn, then history
+                self._schedule_retry()
                 continue
             if not w.stream.deliver(w, evs, rev):
                 core.add_victim(w, evs)
@@ -191,6 +192,7 @@ class WatchableStore:
                 n = -1                           # out of time: the rest wait for the tick
             if n < 0:
                 core.victim_delivered(w, False)
+                self._schedule_retry()
                 continue
             n += 1
             ok = w.stream.deliver(w, evs, evs[-1].kv.mod_revision) if evs else True
