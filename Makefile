@@ -9,7 +9,7 @@ RUN_FLAGS := --name default --data-dir default.etcd \
 	--listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
 	--initial-cluster default=http://127.0.0.1:2380
 
-.PHONY: run test venv proto bench clean
+.PHONY: run test venv proto bench bench-watch clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ FAILOVER_ARGS ?= --compare --members 3 --trials 20
 bench: $(STAMP)
 	$(PY) -m ops.bench $(BENCH_ARGS); status=$$?; \
 	$(PY) -m ops.failover $(FAILOVER_ARGS) && exit $$status
+
+# make bench-watch: issue 4's watch fan-out and lease keep-alive benchmark, etcd vs etcdd.
+bench-watch: $(STAMP)
+	$(PY) -m ops.watch_bench --compare
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp
