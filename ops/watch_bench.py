@@ -17,7 +17,8 @@ the server answers; reported: renewals per second.
 ``--compare`` benches a ``--members``-member etcd 3.4 cluster, then an etcdd one
 (`ops.cluster.LocalCluster`), printing their figures side by side; ``--server`` runs one.
 Server CPU is utime + stime of every member's process tree over the measured window.
-Every client process and member is killed and reaped, also on Ctrl-C.
+Every client process and member is killed and reaped, also on Ctrl-C. Streams use
+`ops.h2client` (grpcio is too slow a client); the tables are `ops.watch_report`'s.
 """
 from __future__ import annotations
 
@@ -40,17 +41,14 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import grpc
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.events import (ConnectionTerminated, DataReceived, StreamReset, TrailersReceived,
-                       WindowUpdated)
-from h2.settings import SettingCodes
 
 from etcdd.proto import rpc_pb2 as pb
-from ops.bench import cpu_seconds, percentile, process_tree
+from ops.bench import cpu_seconds, process_tree
 from ops.bench_compare import exited_members, keep_logs, leader_first
 from ops.cluster import ClusterError, LocalCluster
+from ops.h2client import H2Stream
 from ops.local import unwind_on_signals
+from ops.watch_report import format_report, in_window, lag_percentiles
 
 SERVERS = ("etcd", "etcdd")
 _PUT = "/etcdserverpb.KV/Put"
@@ -149,99 +147,6 @@ def plan_watchers(watchers: int, per_stream: int, procs: int, endpoints: Sequenc
     return plans
 
 
-def in_window(times: array.array, start: float, end: float) -> int:
-    """How many of `times` fall in ``[start, end]``."""
-    return sum(1 for t in times if start <= t <= end)
-
-
-def lag_percentiles(revs: Sequence[int], sent: Sequence[float], acked: Sequence[float],
-                    arrivals: Sequence[tuple[int, float]], start: float,
-                    end: float) -> dict[str, float | None]:
-    """p50/p99 in ms of event arrival minus put acknowledgement (``lag_``) and minus put
-    send (``send_lag_``), over puts acknowledged in ``[start, end]``; ``revs[i]`` was
-    sent at ``sent[i]`` and acknowledged at ``acked[i]``.
-
-    A put sent at 1.990, acknowledged at 2.000, whose event arrived at 1.999 has lag
-    -1 ms and send lag 9 ms.
-    """
-    put_at = {rev: (s, a) for rev, s, a in zip(revs, sent, acked) if start <= a <= end}
-    out: dict[str, float | None] = {}
-    for name, which in (("lag", 1), ("send_lag", 0)):
-        lags = sorted((arrived - put_at[rev][which]) * 1000 for rev, arrived in arrivals
-                      if rev in put_at)
-        for p in (50, 99):
-            out[f"{name}_p{p}_ms"] = percentile(lags, p) if lags else None
-        out["lag_samples"] = len(lags)
-    return out
-
-
-# (title, cell key, format); a watch row shows the first block, a lease row the second.
-WATCH_METRICS = (("puts/s", "puts_per_second", "{:.0f}"),
-                 ("events/s", "events_per_second", "{:.0f}"),
-                 ("lag p50 ms", "lag_p50_ms", "{:.1f}"), ("lag p99 ms", "lag_p99_ms", "{:.1f}"),
-                 ("drain s", "drain_seconds", "{:.1f}"), ("missed", "missed_watchers", "{}"),
-                 ("srv CPU s", "server_cpu_seconds", "{:.1f}"),
-                 ("cli CPU s", "client_cpu_seconds", "{:.1f}"))
-LEASE_METRICS = (("grants/s", "grants_per_second", "{:.0f}"),
-                 ("renewals/s", "renewals_per_second", "{:.0f}"),
-                 ("srv CPU s", "server_cpu_seconds", "{:.1f}"),
-                 ("cli CPU s", "client_cpu_seconds", "{:.1f}"))
-
-
-def _show(cell: dict | None, key: str, fmt: str) -> str:
-    value = None if cell is None else cell.get(key)
-    return "-" if value is None else fmt.format(value)
-
-
-def side_by_side(rows: Sequence[tuple[str, dict[str, dict]]], metrics: Sequence[tuple],
-                 servers: Sequence[str], first: str) -> list[str]:
-    """Lines of a table: one row per ``(label, {server: cell})``, one column group per
-    metric holding a column per server; a missing server or value prints ``-``.
-
-    With servers etcd and etcdd the head reads ``watchers  puts/s`` over
-    ``etcd  etcdd``, then a row ``100  9000  4000``.
-    """
-    n = len(servers)
-    body = [[label] + [_show(cells.get(s), key, fmt) for _, key, fmt in metrics for s in servers]
-            for label, cells in rows]
-    label_width = max(len(first), *(len(row[0]) for row in body))
-    widths = []
-    for g, (title, _, _) in enumerate(metrics):
-        width = max(len(v) for row in body + [[""] + list(servers) * len(metrics)]
-                    for v in row[1 + g * n:1 + (g + 1) * n])
-        widths.append(max(width, math.ceil((len(title) - 2 * (n - 1)) / n)))
-
-    def line(label: str, values: Sequence[str]) -> str:
-        groups = ["  ".join(values[g * n + i].rjust(w) for i in range(n))
-                  for g, w in enumerate(widths)]
-        return "  ".join([label.ljust(label_width), *groups]).rstrip()
-    titles = [title.rjust(n * w + 2 * (n - 1)) for (title, _, _), w in zip(metrics, widths)]
-    return ["  ".join([first.ljust(label_width), *titles]).rstrip(),
-            line("", list(servers) * len(metrics)), *(line(row[0], row[1:]) for row in body)]
-
-
-def format_report(report: dict) -> str:
-    """The watch table, the lease table and each problem, as printed."""
-    servers = report["servers"]
-    by: dict[tuple, dict[str, dict]] = {}
-    for cell in report["cells"]:
-        key = (cell["kind"], cell.get("watchers", cell.get("leases")))
-        by.setdefault(key, {})[cell["server"]] = cell
-    watch = [(str(n), cells) for (kind, n), cells in by.items() if kind == "watch"]
-    lease = [(str(n), cells) for (kind, n), cells in by.items() if kind == "lease"]
-    lines = []
-    if watch:
-        lines += side_by_side(watch, WATCH_METRICS, servers, "watchers")
-    if lease:
-        lines += [""] + side_by_side(lease, LEASE_METRICS, servers, "leases")
-    for cell in report["cells"]:
-        if cell.get("problem"):
-            what = f"{cell['kind']} {cell.get('watchers', cell.get('leases'))}"
-            lines.append(f"{cell['server']} {what}: {cell['problem']}")
-    lines += [f"{label}: {text}" for label, text in report.get("notes", [])]
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------ client processes
 
 def _channel(target: str) -> grpc.aio.Channel:
@@ -251,104 +156,6 @@ def _channel(target: str) -> grpc.aio.Channel:
 
 def _prefix_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
-
-
-class H2Stream(asyncio.Protocol):
-    """One bidirectional gRPC call on its own HTTP/2 connection, written with h2.
-
-    NB: grpcio costs ~100 us of client CPU per streamed message, which would make the
-    client, not the server, the bottleneck; here many messages go out in one DATA frame
-    and `receive` returns every message that has arrived, for ~1-2 us each.
-    """
-
-    def __init__(self) -> None:
-        self._h2 = H2Connection(H2Configuration(client_side=True, header_encoding="ascii"))
-        self._inbox, self._messages = bytearray(), []
-        self._arrived, self._window = asyncio.Event(), asyncio.Event()
-        self.ended: str | None = None
-
-    @classmethod
-    async def open(cls, endpoint: str, path: str) -> "H2Stream":
-        host, _, port = endpoint.rpartition(":")
-        _, stream = await asyncio.get_running_loop().create_connection(cls, host, int(port))
-        stream._h2.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", path),
-                                    (":authority", endpoint), ("te", "trailers"),
-                                    ("content-type", "application/grpc")])
-        stream._flush()
-        return stream
-
-    def connection_made(self, transport: asyncio.Transport) -> None:   # type: ignore[override]
-        self._transport = transport
-        self._h2.initiate_connection()
-        self._h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
-        self._h2.increment_flow_control_window(1 << 28)
-        self._flush()
-
-    def data_received(self, data: bytes) -> None:
-        for event in self._h2.receive_data(data):
-            if isinstance(event, DataReceived):
-                self._inbox += event.data
-                self._h2.acknowledge_received_data(event.flow_controlled_length, 1)
-            elif isinstance(event, WindowUpdated):
-                self._window.set()
-            elif isinstance(event, TrailersReceived):
-                fields = dict(event.headers)
-                self.ended = f"grpc-status {fields.get('grpc-status')}: " \
-                             f"{fields.get('grpc-message', '')}"
-            elif isinstance(event, (StreamReset, ConnectionTerminated)):
-                self.ended = self.ended or type(event).__name__
-        self._flush()
-        self._deframe()
-        self._arrived.set()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.ended = self.ended or f"connection lost: {exc}"
-        self._arrived.set()
-        self._window.set()
-
-    def _flush(self) -> None:
-        if data := self._h2.data_to_send():
-            self._transport.write(data)
-
-    def _deframe(self) -> None:
-        box, at = self._inbox, 0
-        while len(box) - at >= 5:
-            size = int.from_bytes(box[at + 1:at + 5], "big")
-            if len(box) - at - 5 < size:
-                break
-            self._messages.append(bytes(box[at + 5:at + 5 + size]))
-            at += 5 + size
-        del box[:at]
-
-    async def send(self, messages: Sequence[bytes]) -> None:
-        """Frame and send `messages` as flow control allows; raises RuntimeError if the
-        call has ended."""
-        data = b"".join(b"\0" + len(m).to_bytes(4, "big") + m for m in messages)
-        while data:
-            if self.ended:
-                raise RuntimeError(f"stream ended: {self.ended}")
-            room = min(self._h2.local_flow_control_window(1), self._h2.max_outbound_frame_size)
-            if room <= 0:
-                self._window.clear()
-                await self._window.wait()
-                continue
-            self._h2.send_data(1, data[:room])
-            data = data[room:]
-            self._flush()
-
-    async def receive(self) -> list[bytes]:
-        """Every message arrived since the last call (waits for one); raises
-        RuntimeError once the call has ended and nothing is left."""
-        while not self._messages:
-            if self.ended:
-                raise RuntimeError(f"stream ended: {self.ended}")
-            self._arrived.clear()
-            await self._arrived.wait()
-        out, self._messages = self._messages, []
-        return out
-
-    def close(self) -> None:
-        self._transport.close()
 
 
 class _Parent:
