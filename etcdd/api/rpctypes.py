@@ -86,6 +86,9 @@ WIRE_ERRORS: dict[type[BaseException], tuple[Status, str]] = {
     server.ElectionNotLeaderError: (Status.UNKNOWN, "election: not leader"),
     server.ElectionNoLeaderError: (Status.UNKNOWN, "election: no leader"),
     server.MissingLeaderKeyError: (Status.UNKNOWN, '"leader" field must be provided'),
+    server.TimeoutWaitAppliedIndexError: (
+        Status.UNAVAILABLE,
+        "etcdserver: request timed out, waiting for the applied index took too long"),
 }
 
 

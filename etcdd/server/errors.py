@@ -113,3 +113,8 @@ class ElectionNoLeaderError(ServerError):
 
 class MissingLeaderKeyError(ServerError):
     """Proclaim or Resign without its `leader` field (v3election `ErrMissingLeaderKey`)."""
+
+
+class TimeoutWaitAppliedIndexError(ServerError):
+    """The leader did not apply what it had committed within a second (etcd 3.4
+    `waitAppliedIndex`, before a lease renewal or TTL query)."""

@@ -157,12 +157,17 @@ class LeaseHost:
         return self._renew(lease_id, deadline)
 
     def _renew(self, lease_id: int, deadline: float) -> Deferred:
-        try:
-            return succeed(self.renew_local(lease_id))
-        except NotPrimaryError:
-            pass
-        except Exception:
-            return fail()
+        if self._member.is_leader:
+            # etcd 3.4: the leader first applies what it has committed, so a lease just
+            # granted through another member is known here.
+            d = self._member.wait_applied()
+
+            def renewed(_: Any) -> Any:
+                try:
+                    return self.renew_local(lease_id)
+                except NotPrimaryError:
+                    return self._retry_renew(lease_id, deadline)
+            return d.addCallback(renewed)
         lead = self._member.leader
         me = self._member.identity.member_id
         if not lead or lead == me or self.transport is None:
@@ -201,7 +206,8 @@ class LeaseHost:
     def time_to_live(self, req: Any) -> Deferred:
         """LeaseTimeToLive, answered by the leader (forwarded there from a follower)."""
         if self._member.is_leader and self.lessor.is_primary:
-            return self.time_to_live_local(req)
+            return self._member.wait_applied().addCallback(
+                lambda _: self.time_to_live_local(req))
         lead = self._member.leader
         if not lead or lead == self._member.identity.member_id or self.transport is None:
             return fail(errors.NoLeaderError())
@@ -237,16 +243,31 @@ class LeaseHost:
 
     def handle_call(self, from_id: int, method: str, payload: bytes) -> Any:
         if method == "lease_renew":
-            try:
-                return _ID.pack(self.renew_local(_ID.unpack(payload)[0]))
-            except NotPrimaryError:
-                raise GrpcError(Status.UNAVAILABLE, _NOT_PRIMARY) from None
+            lease_id = _ID.unpack(payload)[0]
+
+            def renew(_: Any) -> bytes:
+                try:
+                    return _ID.pack(self.renew_local(lease_id))
+                except NotPrimaryError:
+                    raise GrpcError(Status.UNAVAILABLE, _NOT_PRIMARY) from None
+            return self._leader_applied().addCallback(renew)
         if method == "lease_ttl":
-            if not (self._member.is_leader and self.lessor.is_primary):
-                raise GrpcError(Status.UNAVAILABLE, _NOT_PRIMARY)
             req = pb.LeaseTimeToLiveRequest.FromString(payload)
-            return self.time_to_live_local(req).addCallback(lambda r: r.SerializeToString())
+
+            def answer(_: Any) -> Any:
+                if not (self._member.is_leader and self.lessor.is_primary):
+                    raise GrpcError(Status.UNAVAILABLE, _NOT_PRIMARY)
+                return self.time_to_live_local(req).addCallback(
+                    lambda r: r.SerializeToString())
+            return self._leader_applied().addCallback(answer)
         raise GrpcError(Status.UNIMPLEMENTED, f"unknown peer method {method}")
+
+    def _leader_applied(self) -> Deferred:
+        """On the leader, wait for what it committed to be applied (etcd's
+        `waitAppliedIndex`); elsewhere fire at once (the caller refuses)."""
+        if self._member.is_leader:
+            return self._member.wait_applied()
+        return succeed(None)
 
 
 def _is_not_found(failure: Failure) -> bool:

@@ -478,6 +478,28 @@ class Member:
 
         next_step()
 
+    def wait_applied(self, timeout_seconds: float = 1.0) -> Deferred:
+        """etcd 3.4 `waitAppliedIndex`: fires once everything committed now is applied;
+        fails with TimeoutWaitAppliedIndexError after `timeout_seconds`."""
+        committed = self.loop.node.committed
+        if committed <= self._applied.applied:
+            return succeed(None)
+        d: Deferred = Deferred()
+
+        def applied(result: Any) -> None:
+            if not d.called:
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    d.callback(None)
+
+        def timed_out() -> None:
+            if not d.called:
+                d.errback(Failure(errors.TimeoutWaitAppliedIndexError()))
+        # NB: the applied waiter may fire after the timeout; `applied` then ignores it.
+        self._applied.wait(committed).addBoth(applied)
+        return self._deadline(d, timeout_seconds, timed_out)
+
     # -- reads -----------------------------------------------------------------------------
 
     def linearizable_barrier(self) -> Deferred:

@@ -14,8 +14,9 @@ import random
 import struct
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -28,7 +29,8 @@ from etcdd.proto import raft_internal_pb2 as ipb, raft_pb2, rpc_pb2 as pb
 from etcdd.server.apply import Applier
 from etcdd.server.cluster import ClusterState
 from etcdd.server.entries import EntryApplier
-from etcdd.server.errors import LeaseNotFoundError, RequestTimeoutError
+from etcdd.server.errors import (LeaseNotFoundError, RequestTimeoutError,
+                                 TimeoutWaitAppliedIndexError)
 from etcdd.server.leases import REVOKE_TICK_SECONDS, LeaseHost, min_lease_ttl_seconds
 from etcdd.server.member import Identity
 from tests.unit.stores import open_store
@@ -52,11 +54,29 @@ class FakeMember:
         self.is_leader = False
         self.leader = 0
         self.proposals: list[tuple[str, Any, Deferred]] = []
+        self.behind = False
+        self.apply_waiters: list[Deferred] = []
 
     def propose(self, kind: str, request: Any) -> Deferred:
         d: Deferred = Deferred()
         self.proposals.append((kind, request, d))
         return d
+
+    def wait_applied(self) -> Deferred:
+        """Fires at once unless the test holds applies back (`behind`)."""
+        if not self.behind:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self.apply_waiters.append(d)
+        return d
+
+    def catch_up(self, error: Exception | None = None) -> None:
+        waiters, self.apply_waiters, self.behind = self.apply_waiters, [], False
+        for d in waiters:
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(Failure(error))
 
     def lead(self) -> None:
         self.is_leader, self.leader = True, ME
@@ -372,11 +392,11 @@ class HandleCallTests(LeaseHostTestCase):
         """lease_renew from a peer renews on the leader and answers the TTL; an unknown
         lease raises the error a follower hears as NOT_FOUND."""
         self.become_leader()
-        self.assertEqual(self.host.handle_call(OTHER, "lease_renew", _ID.pack(7)),
-                         _ID.pack(10))
-        with self.assertRaises(LeaseNotFoundError) as cm:
-            self.host.handle_call(OTHER, "lease_renew", _ID.pack(99))
-        self.assertEqual(status_for(cm.exception), (NOT_FOUND.code, NOT_FOUND.message))
+        self.assertEqual(self.successResultOf(self.host.handle_call(
+            OTHER, "lease_renew", _ID.pack(7))), _ID.pack(10))
+        f = self.failureResultOf(self.host.handle_call(OTHER, "lease_renew", _ID.pack(99)),
+                                 LeaseNotFoundError)
+        self.assertEqual(status_for(f.value), (NOT_FOUND.code, NOT_FOUND.message))
 
     def test_leader_answers_forwarded_time_to_live(self) -> None:
         """lease_ttl answers the serialized TimeToLive response, keys sorted."""
@@ -396,14 +416,13 @@ class HandleCallTests(LeaseHostTestCase):
         for method, payload in (("lease_renew", _ID.pack(7)),
                                 ("lease_ttl", pb.LeaseTimeToLiveRequest(ID=7)
                                  .SerializeToString())):
-            with self.assertRaises(GrpcError) as cm:
-                self.host.handle_call(OTHER, method, payload)
-            self.assertEqual(cm.exception.code, Status.UNAVAILABLE, method)
+            f = self.failureResultOf(self.host.handle_call(OTHER, method, payload), GrpcError)
+            self.assertEqual(f.value.code, Status.UNAVAILABLE, method)
         self.member.lead()                       # leads, not promoted yet
-        with self.assertRaises(GrpcError) as cm:
-            self.host.handle_call(OTHER, "lease_ttl",
-                                  pb.LeaseTimeToLiveRequest(ID=7).SerializeToString())
-        self.assertEqual(cm.exception.code, Status.UNAVAILABLE)
+        f = self.failureResultOf(self.host.handle_call(
+            OTHER, "lease_ttl", pb.LeaseTimeToLiveRequest(ID=7).SerializeToString()),
+            GrpcError)
+        self.assertEqual(f.value.code, Status.UNAVAILABLE)
         with self.assertRaises(GrpcError) as cm:
             self.host.handle_call(OTHER, "lease_frobnicate", b"")
         self.assertEqual(cm.exception.code, Status.UNIMPLEMENTED)
@@ -595,3 +614,36 @@ class TimeToLiveServiceTests(LeaseHostTestCase):
                                                            CTX))
         self.assertEqual(status_for(f.value), (Status.UNAVAILABLE, "etcdserver: no leader"))
 
+
+class WaitAppliedTests(LeaseHostTestCase):
+    """etcd 3.4 `waitAppliedIndex`: the leader applies what it committed before it
+    renews or answers a TTL query, so a lease granted through another member is known."""
+
+    def test_renew_on_the_leader_waits_for_applied_entries(self) -> None:
+        """A renewal on a leader that is behind on applying answers only once caught up."""
+        self.become_leader()
+        self.grant(7, 10)
+        self.member.behind = True
+        d = self.host.renew(7)
+        self.assertNoResult(d)
+        self.member.catch_up()
+        self.assertEqual(self.successResultOf(d), 10)
+
+    def test_renew_fails_when_applying_takes_too_long(self) -> None:
+        """The wait's timeout reaches the client as etcd's error."""
+        self.become_leader()
+        self.grant(7, 10)
+        self.member.behind = True
+        d = self.host.renew(7)
+        self.member.catch_up(TimeoutWaitAppliedIndexError())
+        self.failureResultOf(d, TimeoutWaitAppliedIndexError)
+
+    def test_forwarded_renew_waits_too(self) -> None:
+        """A renewal forwarded by a follower waits on the leader as well."""
+        self.become_leader()
+        self.grant(7, 10)
+        self.member.behind = True
+        d = maybeDeferred(self.host.handle_call, OTHER, "lease_renew", _ID.pack(7))
+        self.assertNoResult(d)
+        self.member.catch_up()
+        self.assertEqual(_ID.unpack(self.successResultOf(d))[0], 10)
