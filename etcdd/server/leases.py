@@ -204,12 +204,24 @@ class LeaseHost:
             raise errors.LeaseNotFoundError() from None
 
     def time_to_live(self, req: Any) -> Deferred:
-        """LeaseTimeToLive, answered by the leader (forwarded there from a follower)."""
-        if self._member.is_leader and self.lessor.is_primary:
-            return self._member.wait_applied().addCallback(
-                lambda _: self.time_to_live_local(req))
+        """LeaseTimeToLive, answered by the leader (forwarded there from a follower). A
+        leader whose lessor is not promoted yet answers once it is, within the request
+        timeout; with no leader it fails with NoLeaderError."""
+        return self._time_to_live(req, self._reactor.seconds() + self._timeout)
+
+    def _time_to_live(self, req: Any, deadline: float) -> Deferred:
+        if self._member.is_leader:
+            if self.lessor.is_primary:
+                return self._member.wait_applied().addCallback(
+                    lambda _: self.time_to_live_local(req))
+            if self._stopped or self._reactor.seconds() + RENEW_RETRY_SECONDS >= deadline:
+                return fail(errors.RequestTimeoutError())
+            d: Deferred = Deferred()
+            self._reactor.callLater(RENEW_RETRY_SECONDS, lambda: self._time_to_live(
+                req, deadline).chainDeferred(d))
+            return d
         lead = self._member.leader
-        if not lead or lead == self._member.identity.member_id or self.transport is None:
+        if not lead or self.transport is None:
             return fail(errors.NoLeaderError())
         d = self.transport.call(lead, "lease_ttl", req.SerializeToString(), self._timeout)
 

@@ -647,3 +647,14 @@ class WaitAppliedTests(LeaseHostTestCase):
         self.assertNoResult(d)
         self.member.catch_up()
         self.assertEqual(_ID.unpack(self.successResultOf(d))[0], 10)
+
+    def test_time_to_live_on_a_leader_not_yet_promoted_waits_for_promotion(self) -> None:
+        """A TTL query reaching a new leader before its lessor is promoted is answered
+        once it is, not refused."""
+        self.grant(7, 10)
+        self.member.lead()
+        d = self.host.time_to_live(pb.LeaseTimeToLiveRequest(ID=7))
+        self.assertNoResult(d)
+        self.host.leader_entry_applied()
+        self.clock.advance(0.05)
+        self.assertEqual(self.successResultOf(d).grantedTTL, 10)
