@@ -636,7 +636,10 @@ class WaitAppliedTests(LeaseHostTestCase):
         self.member.behind = True
         d = self.host.renew(7)
         self.member.catch_up(TimeoutWaitAppliedIndexError())
-        self.failureResultOf(d, TimeoutWaitAppliedIndexError)
+        f = self.failureResultOf(d, TimeoutWaitAppliedIndexError)
+        self.assertEqual(status_for(f.value), (
+            Status.UNAVAILABLE,
+            "etcdserver: request timed out, waiting for the applied index took too long"))
 
     def test_forwarded_renew_waits_too(self) -> None:
         """A renewal forwarded by a follower waits on the leader as well."""
