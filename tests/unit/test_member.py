@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from etcdd.mvcc.errors import CompactedError, FutureRevError
 from etcdd.proto import raft_pb2, rpc_pb2 as pb
 from etcdd.server.errors import (KeyNotFoundError, LeaseNotFoundError, NotLeaderError,
-                                 RequestTooLargeError, StoppedError)
+                                 RequestTooLargeError, StoppedError,
+                                 TimeoutWaitAppliedIndexError)
 from tests.unit.members import QueuedExecutor, SingleMember
 from tests.unit.stores import open_store
 
@@ -479,3 +480,38 @@ class HealthTests(MemberTestCase):
         self.assertEqual(s.member.committed_index, committed + 1)
         s.member._published = False    # NB: as before the publish entry applied
         self.assertFalse(self.successResultOf(s.member.check_health()))
+
+
+class WaitAppliedTests(MemberTestCase):
+    """`wait_applied` (etcd 3.4 `waitAppliedIndex`), used before lease renewals."""
+
+    def test_fires_once_what_was_committed_is_applied(self) -> None:
+        """With a committed entry not yet applied the wait holds until it is."""
+        disk = QueuedExecutor()
+        s = self.single(disk)
+        m = s.member
+        self.successResultOf(m.wait_applied())          # nothing pending: at once
+        d = m.propose("put", put(b"a"))
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertGreater(m.committed_index, m.applied_index)
+        waited = m.wait_applied()
+        self.assertNoResult(waited)
+        s.settle()
+        self.successResultOf(d)
+        self.successResultOf(waited)
+
+    def test_times_out_and_ignores_the_late_apply(self) -> None:
+        """After the timeout the wait fails with etcd's error; the apply that comes
+        later neither fires it again nor fails."""
+        disk = QueuedExecutor()
+        s = self.single(disk)
+        m = s.member
+        m.propose("put", put(b"a"))
+        self.clock.advance(0)
+        self.clock.advance(0)
+        waited = m.wait_applied(timeout_seconds=1.0)
+        self.clock.advance(1.0)
+        self.failureResultOf(waited, TimeoutWaitAppliedIndexError)
+        s.settle()
+        self.assertEqual(m.applied_index, m.committed_index)
