@@ -19,6 +19,8 @@ Events are built as etcd builds them: a put's event carries the new record and, 
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
+from functools import partial
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -96,6 +98,10 @@ class WatchableStore:
         self._ticker: Any = None
         self._retry_scheduled = False
         self._stopped = False
+        # Victims by sink, oldest first; sinks to retry next turn; one callback per sink.
+        self._sink_victims: dict[Any, OrderedDict[Watcher, None]] = {}
+        self._ready_sinks: dict[Any, None] = {}
+        self._sink_callbacks: dict[Any, Callable[[], None]] = {}
 
     @property
     def current_revision(self) -> int:
@@ -149,16 +155,14 @@ class WatchableStore:
     def _deliver(self, batch: dict[Watcher, list], rev: int, deadline: float) -> float:
         """Send each watcher its events until `deadline`; returns the deadline, or -1 once
         it has passed (every later watcher is parked as a victim at once)."""
-        core, seconds = self.core, self._reactor.seconds
+        seconds = self._reactor.seconds
         n = 0
         for w, evs in batch.items():
             if deadline < 0:
-                core.add_victim(w, evs)        # retried next turn, then history
-                self._schedule_retry()
+                self._park(w, evs, ready=True)     # retried next turn, then history
                 continue
             if not w.stream.deliver(w, evs, rev):
-                core.add_victim(w, evs)
-                self._retry_when_writable(w)
+                self._park(w, evs, ready=False)
             n += 1
             if n % _CHECK_EVERY == 0 and seconds() > deadline:
                 deadline = -1
@@ -170,9 +174,36 @@ class WatchableStore:
         self._schedule_sync()
 
     # -- victims --------------------------------------------------------------------------
+    # The core holds each victim's events; here each sink keeps its victims in order, so
+    # a sink that drains retries only its own, and a full sink costs one failed send per
+    # retry, not one per victim.
 
-    def _retry_when_writable(self, watcher: Watcher) -> None:
-        watcher.stream.when_writable(self._schedule_retry)
+    def _park(self, watcher: Watcher, events: list, ready: bool) -> None:
+        """Make `watcher` a victim; retry it next turn (`ready`) or when its sink drains."""
+        self.core.add_victim(watcher, events)
+        self._requeue(watcher, ready)
+
+    def _requeue(self, watcher: Watcher, ready: bool) -> None:
+        sink = watcher.stream
+        queue = self._sink_victims.get(sink)
+        if queue is None:
+            queue = self._sink_victims[sink] = OrderedDict()
+        queue[watcher] = None
+        if ready:
+            self._ready_sinks[sink] = None
+            self._schedule_retry()
+        else:
+            self._wait_writable(sink)
+
+    def _wait_writable(self, sink: Any) -> None:
+        callback = self._sink_callbacks.get(sink)
+        if callback is None:
+            callback = self._sink_callbacks[sink] = partial(self._sink_ready, sink)
+        sink.when_writable(callback)
+
+    def _sink_ready(self, sink: Any) -> None:
+        self._ready_sinks[sink] = None
+        self._schedule_retry()
 
     def _schedule_retry(self) -> None:
         if not self._retry_scheduled and not self._stopped:
@@ -180,25 +211,37 @@ class WatchableStore:
             self._reactor.callLater(0, self._retry_victims)
 
     def _retry_victims(self) -> None:
+        """Send ready sinks' victims their parked events, oldest first, until a sink is
+        full again (it calls back when it drains) or the delivery budget is spent (the
+        rest go on next turn)."""
         self._retry_scheduled = False
-        core = self.core
-        if not core.victims:
-            return
-        seconds = self._reactor.seconds
+        core, seconds = self.core, self._reactor.seconds
         deadline = seconds() + self._budget
+        ready, self._ready_sinks = self._ready_sinks, {}
         n = 0
-        for w, evs in core.retry_victims().items():
-            if n >= 0 and n % _CHECK_EVERY == 0 and seconds() > deadline:
-                n = -1                           # out of time: the rest wait for the tick
-            if n < 0:
-                core.victim_delivered(w, False)
-                self._schedule_retry()
-                continue
-            n += 1
-            ok = w.stream.deliver(w, evs, evs[-1].kv.mod_revision) if evs else True
-            core.victim_delivered(w, ok)
-            if not ok:
-                self._retry_when_writable(w)
+        for sink in ready:
+            queue = self._sink_victims.get(sink)
+            while queue:
+                if n % _CHECK_EVERY == 0 and n and seconds() > deadline:
+                    self._ready_sinks[sink] = None
+                    break
+                w = next(iter(queue))
+                events = core.take_victim(w)
+                if events is None:               # canceled meanwhile
+                    del queue[w]
+                    continue
+                n += 1
+                ok = sink.deliver(w, events, events[-1].kv.mod_revision) if events else True
+                core.victim_delivered(w, ok)
+                if not ok:
+                    self._wait_writable(sink)
+                    break
+                del queue[w]
+            if not queue:
+                self._sink_victims.pop(sink, None)
+                self._sink_callbacks.pop(sink, None)
+        if self._ready_sinks:
+            self._schedule_retry()
         if len(core.unsynced):
             self._schedule_sync()
 
@@ -206,7 +249,8 @@ class WatchableStore:
 
     def _tick(self) -> None:
         self._ticker = self._reactor.callLater(self._tick_seconds, self._tick)
-        if self.core.victims:
+        if self._sink_victims:
+            self._ready_sinks.update(dict.fromkeys(self._sink_victims))
             self._retry_victims()
         if len(self.core.unsynced):
             self._schedule_sync()
@@ -244,8 +288,7 @@ class WatchableStore:
         core = self.core
         for w, evs in core.deliver_history(plan, events).items():
             if not w.stream.deliver(w, evs, rev):
-                core.add_victim(w, evs)
-                self._retry_when_writable(w)
+                self._park(w, evs, ready=False)
         if len(core.unsynced):
             self._schedule_sync()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -80,7 +81,8 @@ class WatchableCore:
         self._rand = rand if rand is not None else random.Random(0)
         self.synced = WatcherGroup(self._rand)
         self.unsynced = WatcherGroup(self._rand)
-        self.victims: list[dict[Watcher, list[Event]]] = []
+        # Oldest first; each victim once, with the events it still has to get.
+        self.victims: OrderedDict[Watcher, list[Event]] = OrderedDict()
         self.current_rev = current_rev
         self.max_revs_per_batch = max_revs_per_batch
         self._syncing: dict[Watcher, None] = {}
@@ -122,10 +124,7 @@ class WatchableCore:
             return True
         if self._in_flight.pop(watcher, None) is not None:
             return True
-        for batch in self.victims:
-            if batch.pop(watcher, None) is not None:
-                return True
-        return False
+        return self.victims.pop(watcher, None) is not None
 
     def is_synced(self, watcher: Watcher) -> bool:
         """Whether the watcher is caught up (etcd sends progress notifies only then)."""
@@ -187,21 +186,35 @@ class WatchableCore:
         if not (self.synced.remove(watcher) or self.unsynced.remove(watcher)):
             raise ValueError(f"watcher {watcher.id} is neither synced nor unsynced")
         watcher.victim = True
-        if not self.victims:
-            self.victims.append({})
-        self.victims[-1][watcher] = events
+        self.victims[watcher] = events
 
-    def retry_victims(self) -> dict[Watcher, list[Event]]:
-        """Hand out every victim's pending events for another send (etcd `moveVictims`).
+    def retry_victims(self, limit: int | None = None) -> dict[Watcher, list[Event]]:
+        """Hand out victims' pending events for another send (etcd `moveVictims`), the
+        oldest first: all of them, or at most `limit`.
 
-        Report each watcher back with `victim_delivered`.
+        Report each watcher back with `victim_delivered` (one still blocked goes to the
+        back of the line).
         """
-        retry: dict[Watcher, list[Event]] = {}
-        for batch in self.victims:
-            retry.update(batch)
-        self.victims = []
+        victims = self.victims
+        if limit is None or limit >= len(victims):
+            retry = dict(victims)
+            victims.clear()
+        else:
+            retry = dict(victims.popitem(last=False) for _ in range(limit))
         self._in_flight.update(retry)
         return retry
+
+    def take_victim(self, watcher: Watcher) -> list[Event] | None:
+        """Hand out one victim's pending events (None if it is not a victim any more,
+        e.g. canceled); report it back with `victim_delivered`."""
+        events = self.victims.pop(watcher, None)
+        if events is not None:
+            self._in_flight[watcher] = events
+        return events
+
+    def victim_count(self) -> int:
+        """Watchers parked as victims (not counting those handed out)."""
+        return len(self.victims)
 
     def victim_delivered(self, watcher: Watcher, ok: bool) -> None:
         """Record whether a victim's events were sent: if so it rejoins synced or unsynced.
@@ -212,9 +225,7 @@ class WatchableCore:
         if events is None:
             return
         if not ok:
-            if not self.victims:
-                self.victims.append({})
-            self.victims[-1][watcher] = events
+            self.victims[watcher] = events
             return
         watcher.victim = False
         if watcher.min_rev > self.current_rev:

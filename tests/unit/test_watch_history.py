@@ -158,7 +158,7 @@ class VictimTests(WatchTestCase):
                          [(2, 2), (4, 4)])        # the victim's own, then the history
         self.assert_caught_up(slow, sid, b"k", prefix_end(b"k"), 2, prev_kv=True)
         self.assertTrue(self.watchable.is_synced(w))
-        self.assertEqual([b for b in core.victims if b], [])
+        self.assertEqual(core.victim_count(), 0)
         self.put(b"k3")
         self.assert_caught_up(slow, sid, b"k", prefix_end(b"k"), 2, prev_kv=True)
         self.assert_caught_up(fast, fid, b"k", prefix_end(b"k"), 2)
@@ -214,7 +214,7 @@ class VictimTests(WatchTestCase):
         self.settle = settle
         served = sum(1 for fake in streams if fake.events_of(0))
         self.assertLess(served, 100)
-        self.assertGreater(sum(len(b) for b in self.watchable.core.victims), 0)
+        self.assertGreater(self.watchable.core.victim_count(), 0)
         self.put(b"hot", b"2")
         for _ in range(100):
             clock.advance(0.1)
@@ -251,11 +251,11 @@ class CleanupTests(WatchTestCase):
         fake.writable = False
         self.put(b"b")
         core = self.watchable.core
-        self.assertEqual(sum(len(b) for b in core.victims), 1)
+        self.assertEqual(core.victim_count(), 1)
         sent = len(fake.sent)
         handler.cancelled()
         self.assertEqual((len(core.synced), len(core.unsynced)), (0, 0))
-        self.assertEqual(sum(len(b) for b in core.victims), 0)
+        self.assertEqual(core.victim_count(), 0)
         self.reads.flush()
         fake.drain()
         self.settle()
@@ -332,3 +332,42 @@ class RandomScheduleTests(WatchTestCase):
         for seed in range(6):
             self.setUp()                # a fresh store, watchable store and service
             self.run_schedule(seed)
+
+
+class SinkVictimTests(WatchTestCase):
+    """Victims are kept per stream: a full stream costs one failed send per retry."""
+
+    def test_a_full_stream_is_tried_once_per_retry_not_once_per_watcher(self) -> None:
+        """500 watchers on one blocked stream: a tick tries one send, not 500; once the
+        stream drains every watcher gets each event once, in order."""
+        self.watchable.start()
+        self.addCleanup(self.watchable.stop)
+        handler, fake = self.open()
+        for _ in range(500):
+            self.create(handler, b"k")
+        fake.take()
+        self.settle()
+        fake.writable = False
+        attempts = []
+        real_deliver = handler.deliver
+
+        def counting_deliver(watcher: Any, events: list, rev: int) -> bool:
+            attempts.append(watcher.id)
+            return real_deliver(watcher, events, rev)
+        handler.deliver = counting_deliver       # type: ignore[method-assign]
+        revs = [self.put(b"k", b"%d" % i) for i in range(3)]
+        self.assertEqual(self.watchable.core.victim_count(), 500)
+        attempts.clear()
+        self.clock.advance(0.1)                  # a tick retries the blocked stream
+        self.settle()
+        self.assertEqual(len(attempts), 1)
+        for _ in range(50):
+            fake.drain()
+            self.clock.advance(0.1)
+            self.settle()
+        got: dict[int, list[int]] = {}
+        for resp in fake.responses():
+            got.setdefault(resp.watch_id, []).extend(e.kv.mod_revision for e in resp.events)
+        self.assertEqual(len(got), 500)
+        self.assertEqual({tuple(v) for v in got.values()}, {tuple(revs)})
+        self.assertEqual(self.watchable.core.victim_count(), 0)
