@@ -43,7 +43,7 @@ from tests.integration import test_watch_property as prop
 from tests.integration.cluster import ClusterTestCase, log_phase, phase
 from tests.integration.test_watch_grpc import WatchStream, prefix_end
 from tests.integration.test_watch_property import (
-    DELETE, KEYS, PREFIX, PUT, Collector, Effect, Watch, prev_kvs, random_specs)
+    DELETE, KEYS, PREFIX, PUT, Collector, Effect, Watch, prev_kvs, random_specs, random_txn)
 
 WRITERS, MAX_OPS_PER_WRITER = 6, 3000
 ACKED_PER_PHASE = 150        # acknowledged writes before and after each of kill, restart
@@ -81,18 +81,7 @@ def random_request(rng: random.Random, value: bytes) -> Request:
     if roll < 0.35:
         return pb.PutRequest(key=rng.choice(KEYS), value=value)
     if roll < 0.65:
-        keys = rng.sample(KEYS, rng.randint(2, 6))
-        branches: tuple[list[pb.RequestOp], list[pb.RequestOp]] = ([], [])
-        for i, key in enumerate(keys):
-            branch = branches[i % 2] if len(keys) > 2 else branches[0]
-            if rng.random() < 0.7:
-                branch.append(pb.RequestOp(request_put=pb.PutRequest(key=key, value=value)))
-            else:
-                branch.append(pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(
-                    key=key, prev_kv=True)))
-        compare = pb.Compare(key=rng.choice(KEYS), target=pb.Compare.VERSION,
-                             result=pb.Compare.GREATER, version=0)
-        return pb.TxnRequest(compare=[compare], success=branches[0], failure=branches[1])
+        return random_txn(rng, value)
     if roll < 0.85:
         return pb.DeleteRangeRequest(key=rng.choice(KEYS), prev_kv=True)
     a, b = sorted(rng.sample(range(len(KEYS) + 1), 2))

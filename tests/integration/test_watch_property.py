@@ -79,6 +79,23 @@ def random_specs(rng: random.Random) -> list[WatchSpec]:
     return specs
 
 
+def random_txn(rng: random.Random, value: bytes) -> pb.TxnRequest:
+    """A txn over 2-6 of `KEYS`: a compare on one key's version choosing between two
+    branches of puts and single-key deletes (with prev_kv)."""
+    keys = rng.sample(KEYS, rng.randint(2, 6))
+    branches: tuple[list[pb.RequestOp], list[pb.RequestOp]] = ([], [])
+    for i, key in enumerate(keys):
+        branch = branches[i % 2] if len(keys) > 2 else branches[0]
+        if rng.random() < 0.7:
+            branch.append(pb.RequestOp(request_put=pb.PutRequest(key=key, value=value)))
+        else:
+            branch.append(pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(
+                key=key, prev_kv=True)))
+    compare = pb.Compare(key=rng.choice(KEYS), target=pb.Compare.VERSION,
+                         result=pb.Compare.GREATER, version=0)
+    return pb.TxnRequest(compare=[compare], success=branches[0], failure=branches[1])
+
+
 @dataclass
 class Writer:
     """One writer thread's seeded ops and what was acknowledged: revision -> effects."""
@@ -128,20 +145,9 @@ class Writer:
 
     def _txn(self, kv: rpc_pb2_grpc.KVStub, rng: random.Random,
              value: bytes) -> tuple[int, list[Effect]]:
-        keys = rng.sample(KEYS, rng.randint(2, 6))
-        branches = ([], [])
-        for i, key in enumerate(keys):
-            branch = branches[i % 2] if len(keys) > 2 else branches[0]
-            if rng.random() < 0.7:
-                branch.append(pb.RequestOp(request_put=pb.PutRequest(key=key, value=value)))
-            else:
-                branch.append(pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(
-                    key=key, prev_kv=True)))
-        compare = pb.Compare(key=rng.choice(KEYS), target=pb.Compare.VERSION,
-                             result=pb.Compare.GREATER, version=0)
-        resp = kv.Txn(pb.TxnRequest(compare=[compare], success=branches[0],
-                                    failure=branches[1]), timeout=30)
-        ran = branches[0] if resp.succeeded else branches[1]
+        req = random_txn(rng, value)
+        resp = kv.Txn(req, timeout=30)
+        ran = req.success if resp.succeeded else req.failure
         effects: list[Effect] = []
         for op, answer in zip(ran, resp.responses):
             if op.HasField("request_put"):

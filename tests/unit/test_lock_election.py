@@ -21,6 +21,7 @@ from etcdd.api.rpctypes import GrpcError, Status, status_for
 from etcdd.proto import kv_pb2, rpc_pb2 as pb
 from etcdd.proto import v3election_pb2 as epb
 from etcdd.proto import v3lock_pb2 as lockpb
+from tests.unit.watch_fakes import FakeStream
 from etcdd.server.errors import (ElectionNoLeaderError, ElectionNotLeaderError,
                                  LeaseNotFoundError, MissingLeaderKeyError)
 
@@ -239,38 +240,6 @@ class _Writes:
             mine = [e for e in self.events if watch.matches(e.kv.key)]
             if mine and watch in c.watches:
                 watch.on_events(mine)
-
-
-@implementer(IServerStream)
-class FakeStream:
-    """A server stream that records what was sent and is writable when told."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-        self.finished = False
-        self.error: BaseException | None = None
-        self.writable = True
-        self.callbacks: list[Callable[[], None]] = []
-
-    def send(self, message: Any) -> None:
-        assert not self.finished
-        self.sent.append(message)
-
-    def finish(self, error: BaseException | None = None) -> None:
-        self.finished, self.error = True, error
-
-    def is_writable(self) -> bool:
-        return self.writable
-
-    def on_writable(self, callback: Callable[[], None]) -> None:
-        self.callbacks.append(callback)
-
-    def drain(self) -> None:
-        """The client read everything: writable again, waiting callbacks run."""
-        self.writable = True
-        callbacks, self.callbacks = self.callbacks, []
-        for callback in callbacks:
-            callback()
 
 
 class _ServiceTestCase(SynchronousTestCase):

@@ -10,8 +10,9 @@ import random
 from typing import Any, Callable
 
 from etcdd.proto import rpc_pb2 as pb
+from etcdd.api.concurrency import prefix_end
 from tests.unit.watch_fakes import (NODELETE, NOPUT, FakeStream, Op, WatchTestCase, header,
-                                    parse, prefix_end)
+                                    parse)
 
 
 class HistoryTests(WatchTestCase):

@@ -14,9 +14,10 @@ from etcdd.api.router import IServerStream, IStreamHandler, Router, StreamMethod
 from etcdd.mvcc.watchable import IWatchSink
 from etcdd.proto import rpc_pb2 as pb
 from etcdd.proto.kv_pb2 import Event, KeyValue
+from etcdd.api.concurrency import prefix_end
 from tests.unit.watch_fakes import (DELETE, DUPLICATE_ID, EMPTY_RANGE, NODELETE, NOPUT, PUT,
                                     WATCH_PATH, FakeStream, Op, WatchTestCase, etcd_fragments,
-                                    header, prefix_end)
+                                    header)
 
 
 class WatchCreateTests(WatchTestCase):

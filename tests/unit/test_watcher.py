@@ -9,22 +9,12 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from etcdd.api.concurrency import prefix_end
 from etcdd.mvcc.watcher import (NODELETE, NOPUT, EmptyWatcherRangeError, SyncPlan,
                                 WatchableCore, Watcher, WatcherGroup)
 from etcdd.proto.kv_pb2 import Event, KeyValue
 
 KEYS = [bytes([a]) + bytes([b]) for a in b"abc" for b in b"abc"] + [b"a", b"b", b"", b"\xff"]
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """etcd's `GetPrefixRangeEnd`: the first key after every key starting with prefix."""
-    end = bytearray(prefix)
-    while end and end[-1] == 0xFF:
-        end.pop()
-    if not end:
-        return b"\x00"
-    end[-1] += 1
-    return bytes(end)
 
 
 def put(key: bytes, rev: int, prev: bool = False) -> Event:

@@ -36,16 +36,6 @@ EMPTY_RANGE = "mvcc: watcher range is empty"
 Op = tuple  # ("put", key, value) | ("delete", key, range_end)
 
 
-def prefix_end(prefix: bytes) -> bytes:
-    end = bytearray(prefix)
-    while end and end[-1] == 0xFF:
-        end.pop()
-    if not end:
-        return b"\x00"
-    end[-1] += 1
-    return bytes(end)
-
-
 def covers(key: bytes, start: bytes, end: bytes) -> bool:
     """etcd's range rule: b"" one key, b"\\x00" every key >= start, else [start, end)."""
     if not end:
@@ -103,6 +93,7 @@ class FakeStream:
     def __init__(self) -> None:
         self.sent: list[Any] = []
         self.finished = False
+        self.error: BaseException | None = None
         self.writable = True
         self.block_after_send = False
         self.callbacks: list[Callable[[], None]] = []
@@ -116,7 +107,7 @@ class FakeStream:
             self.writable = False
 
     def finish(self, error: BaseException | None = None) -> None:
-        self.finished = True
+        self.finished, self.error = True, error
 
     def is_writable(self) -> bool:
         return self.writable
