@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import grpc
 
 from etcdd.proto import rpc_pb2 as pb, rpc_pb2_grpc
-from ops.local import cluster_flags, free_port, unwind_on_signals
+from ops.local import cluster_flags, free_port, signal_and_reap, unwind_on_signals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -266,14 +266,7 @@ class LocalCluster:
         """Send `sig` and reap (SIGKILL after `timeout`); the exit status, None if not started."""
         if member.proc is None:
             return None
-        if member.proc.poll() is None:
-            member.proc.send_signal(sig)
-            try:
-                member.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                member.proc.kill()
-                member.proc.wait()
-        return member.proc.returncode
+        return signal_and_reap(member.proc, sig, timeout)
 
     def kill_all(self, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to every running member at once, then reap them all."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
 
 
 def free_port() -> int:
@@ -51,3 +52,18 @@ def unwind_on_signals() -> None:
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def signal_and_reap(proc: subprocess.Popen, sig: int = signal.SIGKILL,
+                    timeout: float = 30.0) -> int:
+    """Send `sig` unless `proc` has exited, then reap it (SIGKILL after `timeout`); its
+    exit status (negative: killed by that signal). An unreaped child would still answer
+    `kill -0`."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -351,6 +351,18 @@ class WatchPropertyTests(ClusterTestCase):
             state[kv.key] = kv
         self.assertEqual(state, {})
 
+    def _check_responses(self, watch: Watch, wanted: Sequence[kv_pb2.Event],
+                         what: str) -> list[kv_pb2.Event]:
+        """Check the watch's responses ascend and never split a revision of `wanted`
+        between two responses; returns their events in order."""
+        self._check_order(watch.responses, what)
+        per_revision = Counter(e.kv.mod_revision for e in wanted)
+        for response in watch.responses:
+            here = Counter(e.kv.mod_revision for e in response.events)
+            self.assertEqual({rev: per_revision[rev] for rev in here}, dict(here),
+                             f"{what}: a revision split between responses")
+        return [e for r in watch.responses for e in r.events]
+
     def _check_order(self, responses: Sequence[pb.WatchResponse], what: str) -> None:
         """Revisions strictly ascend across responses, never descend inside one, and
         no revision's events are split over two responses."""
@@ -383,12 +395,6 @@ class WatchPropertyTests(ClusterTestCase):
                          (True, False, watch.watch_id), what)
         if not watch.start_revision:
             wanted = [e for e in wanted if e.kv.mod_revision > created.header.revision]
-        self._check_order(watch.responses, what)
-        per_revision = Counter(e.kv.mod_revision for e in wanted)
-        for response in watch.responses:
-            here = Counter(e.kv.mod_revision for e in response.events)
-            self.assertEqual({rev: per_revision[rev] for rev in here}, dict(here),
-                             f"{what}: a revision split between responses")
-        got = [e for r in watch.responses for e in r.events]
+        got = self._check_responses(watch, wanted, what)
         self.assertEqual(len(got), len(wanted), what)
         self.assertEqual(got, wanted, what)

@@ -22,6 +22,7 @@ import unittest
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
+from ops.local import signal_and_reap
 from tests.integration.harness import ETCDCTL
 
 # Header fields that differ between runs and between members; a test masks them.
@@ -177,13 +178,7 @@ class LineReader:
     def stop(self, sig: int = signal.SIGKILL, timeout: float = 30.0) -> int:
         """Send `sig` unless the process has exited, then reap it (SIGKILL after `timeout`);
         its exit status (negative: killed by that signal)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        signal_and_reap(self.proc, sig, timeout)
         self._join()
         return self.proc.returncode
 
