@@ -54,7 +54,8 @@ def _then(result: Any, fn: Any) -> Any:
     return fn(result)
 
 
-def _is_read_only(req: Any) -> bool:
+def is_read_only(req: Any) -> bool:
+    """Whether a TxnRequest only reads (then it is served without raft)."""
     return all(op.WhichOneof("request") == "request_range"
                for op in (*req.success, *req.failure))
 
@@ -90,7 +91,7 @@ class KVService:
     def txn(self, req: Any, context: CallContext) -> Any:
         validate.check_txn(req, self._max_txn_ops)
         validate.check_txn_intervals(req)
-        if _is_read_only(req):
+        if is_read_only(req):
             return _then(self._member.read_txn(req), self._fill)
         return self._member.propose("txn", req).addCallback(self._fill)
 

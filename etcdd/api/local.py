@@ -14,14 +14,9 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from zope.interface import implementer
 
 from etcdd.api.concurrency import ILocalClient, IWatchHandle
-from etcdd.api.kv import HeaderFiller
+from etcdd.api.kv import HeaderFiller, is_read_only
 from etcdd.mvcc.watchable import IWatchSink
 from etcdd.proto import rpc_pb2 as pb
-
-
-def _is_read_only(req: Any) -> bool:
-    return all(op.WhichOneof("request") == "request_range"
-               for op in (*req.success, *req.failure))
 
 
 @implementer(ILocalClient)
@@ -43,7 +38,7 @@ class LocalClient:
         return self._member.propose("delete_range", req).addCallback(self._header.fill)
 
     def txn(self, req: Any) -> Deferred:
-        if _is_read_only(req):
+        if is_read_only(req):
             return maybeDeferred(self._member.read_txn, req).addCallback(self._header.fill)
         return self._member.propose("txn", req).addCallback(self._header.fill)
 

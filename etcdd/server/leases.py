@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 import struct
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -185,13 +185,17 @@ class LeaseHost:
         return d.addCallbacks(answered, failed)
 
     def _retry_renew(self, lease_id: int, deadline: float) -> Deferred:
+        return self._retry_later(deadline, lambda: self._renew(lease_id, deadline))
+
+    def _retry_later(self, deadline: float, attempt: Callable[[], Deferred]) -> Deferred:
+        """`attempt()` again after `RENEW_RETRY_SECONDS` (etcd throttles its forwarding
+        loop the same way); RequestTimeoutError once `deadline` would pass."""
         if self._stopped:
             return fail(errors.StoppedError())
         if self._reactor.seconds() + RENEW_RETRY_SECONDS >= deadline:
             return fail(errors.RequestTimeoutError())
         d: Deferred = Deferred()
-        self._reactor.callLater(RENEW_RETRY_SECONDS, lambda: self._renew(
-            lease_id, deadline).chainDeferred(d))
+        self._reactor.callLater(RENEW_RETRY_SECONDS, lambda: attempt().chainDeferred(d))
         return d
 
     def renew_local(self, lease_id: int) -> int:
@@ -214,12 +218,7 @@ class LeaseHost:
             if self.lessor.is_primary:
                 return self._member.wait_applied().addCallback(
                     lambda _: self.time_to_live_local(req))
-            if self._stopped or self._reactor.seconds() + RENEW_RETRY_SECONDS >= deadline:
-                return fail(errors.RequestTimeoutError())
-            d: Deferred = Deferred()
-            self._reactor.callLater(RENEW_RETRY_SECONDS, lambda: self._time_to_live(
-                req, deadline).chainDeferred(d))
-            return d
+            return self._retry_later(deadline, lambda: self._time_to_live(req, deadline))
         lead = self._member.leader
         if not lead or self.transport is None:
             return fail(errors.NoLeaderError())
