@@ -52,6 +52,7 @@ class LeaseHost:
     def __init__(self, member: Any, store: Any, reactor: IReactorTime, *,
                  min_ttl_seconds: int, election_timeout_seconds: float,
                  request_timeout_seconds: float, checkpointing: bool = False,
+                 checkpoint_interval_seconds: float = 300.0,
                  run_read: Any = None, rand: random.Random | None = None) -> None:
         self._member = member
         self._store = store
@@ -61,7 +62,8 @@ class LeaseHost:
         self._checkpointing = checkpointing
         self._run_read = run_read
         self._rand = rand or random.SystemRandom()
-        self.lessor = Lessor(reactor, min_ttl_seconds=min_ttl_seconds)
+        self.lessor = Lessor(reactor, min_ttl_seconds=min_ttl_seconds,
+                             checkpoint_interval_seconds=checkpoint_interval_seconds)
         self._ticker: Any = None
         self._stopped = False
         self.transport: Any = None            # the PeerTransport, attached by the service
