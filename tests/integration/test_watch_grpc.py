@@ -536,17 +536,27 @@ class WatchGrpcTests(WatchTestCase):
         s = self.stream()
         rev = self.current_revision()
         start = events[0].kv.mod_revision
-        for watch_id, fragment in enumerate((False, True)):
-            self.assert_created(s.create(big, range_end=prefix_end(big), start_revision=start,
-                                         fragment=fragment), watch_id, rev)
+        # NB: both creates go out first: watcher 0's replay may be sent before the second
+        # create is read (neither etcd nor etcdd orders them), so each watcher's created
+        # response is checked to precede its own events only.
+        for fragment in (False, True):
+            s.send(pb.WatchRequest(create_request=Create(
+                key=big, range_end=prefix_end(big), start_revision=start, fragment=fragment)))
         wanted = {watch_id: [pb.WatchResponse(header=self.header(rev), watch_id=watch_id,
                                               events=events)] for watch_id in (0, 1)}
         wanted[1] = etcd_fragments(wanted[1][0], FRAGMENT_BYTES)
         self.assertEqual([len(p.events) for p in wanted[1]], [9, 15])
+        created: dict[int, pb.WatchResponse] = {}
         got: dict[int, list[pb.WatchResponse]] = {0: [], 1: []}
-        while not got[0] or not got[1] or got[1][-1].fragment:
+        while len(created) < 2 or not got[0] or not got[1] or got[1][-1].fragment:
             response = s.read()
+            if response.created:
+                created[response.watch_id] = response
+                continue
+            self.assertIn(response.watch_id, created, "events before their created response")
             got[response.watch_id].append(response)
+        for watch_id in (0, 1):
+            self.assert_created(created[watch_id], watch_id, rev)
         self.assertEqual({k: shape(v) for k, v in got.items()},
                          {k: shape(v) for k, v in wanted.items()})
         self.assertEqual(got, wanted)
