@@ -40,7 +40,8 @@ bench: $(STAMP)
 
 # make bench-watch: issue 4's watch fan-out and lease keep-alive benchmark, etcd vs etcdd.
 bench-watch: $(STAMP)
-	$(PY) -m ops.watch_bench --compare
+	$(PY) -m ops.watch_bench --compare; status=$$?; \
+	$(PY) -m ops.unread_watch_bench && exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp
