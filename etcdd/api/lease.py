@@ -17,9 +17,11 @@ from etcdd.api.rpctypes import GrpcError, Status
 from etcdd.proto import rpc_pb2 as pb
 from etcdd.server.errors import LeaseNotFoundError
 
-# Renewals in flight per keep-alive stream (a follower's wait on the leader); past this
-# the stream is ended rather than buffering a client that sends without reading.
+# Renewals in flight per keep-alive stream (a follower's wait on the leader), and leases
+# waiting while the client does not read our answers; past either the stream is ended
+# rather than buffering a client that sends without reading.
 MAX_RENEWALS_IN_FLIGHT = 10_000
+MAX_PARKED_LEASES = 100_000
 TOO_MANY_RENEWALS = "etcdd: too many keep-alives in flight on this stream"
 
 
@@ -68,7 +70,10 @@ class LeaseService:
 
 @implementer(IStreamHandler)
 class KeepAliveStream:
-    """One LeaseKeepAlive call: each request renews its lease and answers once renewed."""
+    """One LeaseKeepAlive call: each request renews its lease and answers once renewed.
+
+    Invariant: while the client does not read (the stream is not writable) nothing more
+    is queued for it; requests meanwhile park their lease ID, once per lease."""
 
     def __init__(self, leases: Any, header: HeaderFiller, stream: IServerStream) -> None:
         self._leases = leases
@@ -77,15 +82,48 @@ class KeepAliveStream:
         self._in_flight = 0
         self._done = False
         self._eof = False
+        # Leases asked for while the client was not reading our answers: renewed once
+        # each when the stream drains (repeats of one lease collapse into one renewal).
+        self._parked: dict[int, None] = {}
+        self._waiting = False
 
     def message_received(self, request: Any) -> None:
         if self._done:
             return
-        if self._in_flight >= MAX_RENEWALS_IN_FLIGHT:
-            self._done = True
-            self._stream.finish(GrpcError(Status.RESOURCE_EXHAUSTED, TOO_MANY_RENEWALS))
+        if self._parked or not self._stream.is_writable():
+            self._park(request.ID)
             return
-        lease_id = request.ID
+        self._renew(request.ID)
+
+    def _park(self, lease_id: int) -> None:
+        if lease_id not in self._parked and len(self._parked) >= MAX_PARKED_LEASES:
+            self._give_up()
+            return
+        self._parked[lease_id] = None
+        if not self._waiting:
+            self._waiting = True
+            self._stream.on_writable(self._writable)
+
+    def _writable(self) -> None:
+        self._waiting = False
+        while self._parked and not self._done:
+            if not self._stream.is_writable():
+                self._waiting = True
+                self._stream.on_writable(self._writable)
+                return
+            lease_id = next(iter(self._parked))
+            del self._parked[lease_id]
+            self._renew(lease_id)
+        self._maybe_end()
+
+    def _give_up(self) -> None:
+        self._done = True
+        self._stream.finish(GrpcError(Status.RESOURCE_EXHAUSTED, TOO_MANY_RENEWALS))
+
+    def _renew(self, lease_id: int) -> None:
+        if self._in_flight >= MAX_RENEWALS_IN_FLIGHT:
+            self._give_up()
+            return
         resp = pb.LeaseKeepAliveResponse(ID=lease_id)
         self._header.fill(resp)          # etcd fills the header before renewing
         self._in_flight += 1
@@ -117,7 +155,7 @@ class KeepAliveStream:
         self._maybe_end()
 
     def _maybe_end(self) -> None:
-        if self._eof and self._in_flight == 0 and not self._done:
+        if self._eof and self._in_flight == 0 and not self._parked and not self._done:
             self._done = True
             self._stream.finish()
 

@@ -120,6 +120,8 @@ class FakeStream:
         self.sent: list[Any] = []
         self.finished = False
         self.finishes: list[BaseException | None] = []
+        self.writable = True
+        self.waiting: list[Callable[[], None]] = []
 
     def send(self, message: Any) -> None:
         if self.finished:
@@ -131,10 +133,20 @@ class FakeStream:
         self.finishes.append(error)
 
     def is_writable(self) -> bool:
-        return True
+        return self.writable
 
     def on_writable(self, callback: Callable[[], None]) -> None:
-        callback()
+        if self.writable:
+            callback()
+        else:
+            self.waiting.append(callback)
+
+    def drain(self) -> None:
+        """The client read: writable again, waiting callbacks run."""
+        self.writable = True
+        waiting, self.waiting = self.waiting, []
+        for callback in waiting:
+            callback()
 
 
 class LeaseHostTestCase(SynchronousTestCase):
@@ -493,6 +505,22 @@ class KeepAliveTests(LeaseHostTestCase):
         handler.message_received(pb.LeaseKeepAliveRequest(ID=7))
         self.assertEqual(fake.sent, [self.want(99, 0), self.want(7, 10)])
         self.assertFalse(fake.finished)
+
+    def test_a_client_that_does_not_read_gets_nothing_more_queued(self) -> None:
+        """While the stream is not writable requests only park their lease, once per
+        lease; when it drains each parked lease is renewed and answered once."""
+        self.become_leader()
+        self.grant(8, 20)
+        handler, fake = self.keep_alive()
+        fake.writable = False
+        for lease_id in (7, 8, 7, 7, 8):
+            handler.message_received(pb.LeaseKeepAliveRequest(ID=lease_id))
+        self.assertEqual(fake.sent, [])
+        self.assertEqual(len(fake.waiting), 1)
+        fake.drain()
+        self.assertEqual([(r.ID, r.TTL) for r in fake.sent], [(7, 10), (8, 20)])
+        handler.end_of_input()
+        self.assertEqual(fake.finishes, [None])
 
     def test_end_of_input_finishes_once_renewals_are_answered(self) -> None:
         """After the client half-closes, the call ends OK once every forwarded renewal
