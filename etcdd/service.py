@@ -29,6 +29,7 @@ from etcdd.api.watch import WatchService
 from etcdd.api.maintenance import MaintenanceService
 from etcdd.api.mux import ClientPortFactory
 from etcdd.api.router import Router
+from etcdd.api.snapshot import SnapshotService
 from etcdd.config import Config, ConfigError
 from etcdd.mvcc.backend import Backend
 from etcdd.mvcc.store import KVStore
@@ -227,6 +228,8 @@ class MemberService(MultiService):
         WatchService(self.watchable, header, self._reactor, c.max_request_bytes + 512 * 1024,
                      c.experimental_watch_progress_notify_interval_seconds).register(router)
         LeaseService(self.leases, header).register(router)
+        SnapshotService(self.store, c.snap_path, self._reactor,
+                        self._run_in_pool).register(router)
         local = LocalClient(self.member, self.watchable, self.leases, header)
         LockService(local).register(router)
         ElectionService(local).register(router)
