@@ -39,6 +39,7 @@ from etcdd.server.disk import DiskExecutor, choose_cpu
 from etcdd.server.identity import DataDirError, load_or_create_identity
 from etcdd.server.bootstrap import BootstrapError, RaftState, open_raft
 from etcdd.server.cluster import ClusterState
+from etcdd.server.autocompact import AutoCompactor
 from etcdd.server.errors import NoLeaderError
 from etcdd.server.leases import LeaseHost, min_lease_ttl_seconds
 from etcdd.server.member import Identity, Member
@@ -110,6 +111,7 @@ class MemberService(MultiService):
         self.transport: PeerTransport | None = None
         self.watchable: WatchableStore | None = None
         self.leases: LeaseHost | None = None
+        self.compactor: AutoCompactor | None = None
         self._in_pool: set[Deferred] = set()
         self.exit_status = 0
 
@@ -181,6 +183,8 @@ class MemberService(MultiService):
                                 run_read=self._run_in_pool)
         self.member.watchable = self.watchable
         self.member.leases = self.leases
+        self.compactor = AutoCompactor(self.member, self.store, self._reactor,
+                                       c.auto_compaction_mode, c.auto_compaction_retention)
         r = self.raft
         self.loop = RaftLoop(r.node, r.storage, r.wal, r.snapshotter, self.store, self.disk,
                              self._reactor, self.member,
@@ -209,6 +213,7 @@ class MemberService(MultiService):
         self.member.start()
         self.watchable.start()
         self.leases.start()
+        self.compactor.start()
         self.loop.start()
         self._log.info("{name} started ({state}), member {mid:x} of cluster {cid:x}",
                        name=c.name, state="new" if r.is_new else "restarted",
@@ -302,7 +307,7 @@ class MemberService(MultiService):
             self.loop.stop()
         if self.member is not None:
             self.member.stop()
-        for part in (self.watchable, self.leases):
+        for part in (self.watchable, self.leases, self.compactor):
             if part is not None:
                 part.stop()
         transport_stopped = self.transport.stop() if self.transport is not None else None

@@ -34,6 +34,7 @@ CORES = (
     "etcdd/server/apply.py",
     "etcdd/peer/framing.py",
     "etcdd/api/concurrency.py",
+    "etcdd/server/compactor.py",
 )
 CORE_DIRS = ("etcdd/raft",)
 
