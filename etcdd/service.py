@@ -3,8 +3,9 @@
 Shell. Opens the data dir (refusing one that belongs to another member, without writing
 to it), starts the disk thread and the member, then listens on the client URLs (gRPC and
 HTTP/1.1 on one port) and the peer URLs. Children start in order and stop in reverse;
-stopping sends GOAWAY to clients and lets in-flight calls finish. sd_notify READY=1 when
-serving (systemd Type=notify).
+stopping sends GOAWAY to clients and lets in-flight calls finish. sd_notify READY=1 once
+the member has published itself to the cluster (etcd's ReadyNotify), STOPPING=1 when it
+starts to stop (systemd Type=notify).
 """
 from __future__ import annotations
 
@@ -58,9 +59,14 @@ def sd_notify(state: str) -> None:
         return
     if address.startswith("@"):
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(state.encode())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as e:
+        # systemd not listening any more must not fail the member
+        Logger().warn("sd_notify {state} to {address} failed: {e}", state=state,
+                      address=address, e=e)
 
 
 def tune_gc() -> None:
@@ -171,7 +177,8 @@ class MemberService(MultiService):
                              applied_index=self.raft.snapshot_index,
                              on_fatal=self._fatal,
                              min_lease_ttl_seconds=min_lease_ttl_seconds(
-                                 c.election_ticks, c.heartbeat_interval_ms))
+                                 c.election_ticks, c.heartbeat_interval_ms),
+                             on_ready=self._ready)
         self.watchable = WatchableStore(self.store, self._reactor, self._run_in_pool)
         self.leases = LeaseHost(self.member, self.store, self._reactor,
                                 min_ttl_seconds=min_lease_ttl_seconds(
@@ -219,6 +226,10 @@ class MemberService(MultiService):
                        name=c.name, state="new" if r.is_new else "restarted",
                        mid=identity.member_id, cid=identity.cluster_id)
         tune_gc()
+
+    def _ready(self) -> None:
+        """etcd embed: READY=1 once the member has joined the cluster (published its
+        attributes through raft), so systemd starts dependants only when it serves."""
         self._log.info("ready to serve client requests")
         sd_notify("READY=1")
 
@@ -297,6 +308,7 @@ class MemberService(MultiService):
 
     def stopService(self) -> Deferred:
         super().stopService()
+        sd_notify("STOPPING=1")
         if self.member is None or self.member.stopped:
             return self._stop_all()
         d = self.member.transfer_leadership_on_stop()

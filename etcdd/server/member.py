@@ -80,7 +80,8 @@ class Member:
                  request_timeout_seconds: float = 7.0, election_timeout_seconds: float = 1.0,
                  client_urls: tuple[str, ...] = (), applied_index: int = 0,
                  on_fatal: Callable[[Failure], None] | None = None,
-                 min_lease_ttl_seconds: int = 1) -> None:
+                 min_lease_ttl_seconds: int = 1,
+                 on_ready: Callable[[], None] | None = None) -> None:
         self.identity = identity
         self._store = store
         self.cluster = cluster
@@ -91,6 +92,7 @@ class Member:
         self._election_timeout = election_timeout_seconds
         self._client_urls = client_urls
         self._on_fatal = on_fatal or (lambda failure: None)
+        self._on_ready = on_ready or (lambda: None)
         self._applier = Applier()
         self._entries = EntryApplier(store, cluster, self._applier,
                                      min_lease_ttl_seconds=min_lease_ttl_seconds)
@@ -323,6 +325,8 @@ class Member:
         self._log.info("published {{Name:{name} ClientURLs:[{urls}]}} to cluster {cid:x}",
                        name=self.identity.name, urls=" ".join(self._client_urls),
                        cid=self.identity.cluster_id)
+        # etcd's ReadyNotify: the member serves clients once it has published.
+        self._on_ready()
 
     def _publish_failed(self, failure: Failure) -> None:
         self._publishing = False
