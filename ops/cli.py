@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "restart-bench": ("ops.restart_bench", "time to first answer after a restart with N keys"),
     "cluster": ("ops.cluster", "cluster up: a local N-member cluster until Ctrl-C"),
     "failover": ("ops.failover", "leader failover time (kill -9 to first write), N trials"),
+    "snapshot": ("ops.snapshot", "snapshot save FILE / snapshot status FILE"),
 }
 
 
