@@ -188,19 +188,14 @@ class WatchableCore:
         watcher.victim = True
         self.victims[watcher] = events
 
-    def retry_victims(self, limit: int | None = None) -> dict[Watcher, list[Event]]:
-        """Hand out victims' pending events for another send (etcd `moveVictims`), the
-        oldest first: all of them, or at most `limit`.
+    def retry_victims(self) -> dict[Watcher, list[Event]]:
+        """Hand out every victim's pending events for another send (etcd `moveVictims`).
 
         Report each watcher back with `victim_delivered` (one still blocked goes to the
         back of the line).
         """
-        victims = self.victims
-        if limit is None or limit >= len(victims):
-            retry = dict(victims)
-            victims.clear()
-        else:
-            retry = dict(victims.popitem(last=False) for _ in range(limit))
+        retry = dict(self.victims)
+        self.victims.clear()
         self._in_flight.update(retry)
         return retry
 
