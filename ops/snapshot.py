@@ -4,10 +4,10 @@ A shell (ops/*).
 `save FILE` fetches Maintenance/Snapshot from one endpoint, checks the sha256 trailer and
 writes the file as `etcdctl snapshot save` does (data, then the 32-byte trailer), via
 `FILE.part` and a rename. `status FILE` reads such a file without writing to it (the real
-`etcdctl snapshot status` only reads bbolt files) and prints etcdctl's line, `-w table` or
-`-w json` with etcdctl's field names: hash (CRC-32C over every database, etcdd's `Hash`), the store
-revision, total keys (entries over every database, as etcd counts bucket keys) and the
-database size (without the trailer).
+`etcdctl snapshot status` only reads bbolt files) and prints etcdctl's line, `-w table`
+or `-w json` with etcdctl's field names: hash (the store's `Hash`, as Maintenance/Hash
+answers it), the store revision, total keys (entries over every database, as etcd counts
+bucket keys) and the database size (without the trailer).
 """
 from __future__ import annotations
 
@@ -16,20 +16,18 @@ import hashlib
 import json
 import os
 import shutil
-import struct
 import sys
 import tempfile
 from collections.abc import Sequence
 
-import crc32c
 import grpc
 import lmdb
 
-from etcdd.mvcc.backend import DB_NAMES
+from etcdd.mvcc.backend import DB_NAMES, DUPSORT_NAMES, Backend
+from etcdd.mvcc.store import KVStore
 from etcdd.proto import rpc_pb2 as pb, rpc_pb2_grpc
 
 SHA_BYTES = 32
-_U64 = struct.Struct(">Q")
 
 
 class SnapshotError(Exception):
@@ -91,29 +89,33 @@ def status(path: str) -> dict[str, int]:
 
 
 def _inspect(db: str, data_size: int, path: str) -> dict[str, int]:
+    """The fields of the LMDB copy `db` (of snapshot `path`), through the store itself."""
+    _check_is_backend(db, path)
+    backend = Backend(db)
+    try:
+        store = KVStore(backend)
+        return {"hash": store.hash(), "revision": store.current_revision(),
+                "totalKey": backend.total_entries(), "totalSize": data_size}
+    finally:
+        backend.close()
+
+
+def _check_is_backend(db: str, path: str) -> None:
+    """Refuse (SnapshotError) a file that is not LMDB or lacks one of etcdd's databases,
+    before opening it as a backend would create them. Reads only."""
     try:
         env = lmdb.open(db, subdir=False, readonly=True, lock=False, max_dbs=32)
     except lmdb.Error:
         raise SnapshotError(f"{path} is not an etcdd (LMDB) snapshot; etcd's bbolt "
                             "snapshots are read by `etcdctl snapshot status`") from None
     try:
-        h, keys, rev = 0, 0, 0
         with env.begin() as txn:
-            for name in sorted(DB_NAMES):
+            for name in DB_NAMES:
                 try:
-                    handle = env.open_db(name, txn=txn, create=False,
-                                         dupsort=name in (b"index", b"leaseKeys"))
+                    env.open_db(name, txn=txn, create=False, dupsort=name in DUPSORT_NAMES)
                 except lmdb.NotFoundError:
                     raise SnapshotError(f"{path} is not an etcdd snapshot: no "
                                         f"{name.decode()} database") from None
-                h = crc32c.crc32c(name, h)
-                for k, v in txn.cursor(handle).iternext():
-                    h = crc32c.crc32c(v, crc32c.crc32c(k, h))
-                    keys += 1
-                if name == b"meta":
-                    raw = txn.get(b"currentRev", db=handle)
-                    rev = _U64.unpack(raw)[0] if raw else 1
-        return {"hash": h, "revision": rev, "totalKey": keys, "totalSize": data_size}
     finally:
         env.close()
 

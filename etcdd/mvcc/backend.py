@@ -37,7 +37,7 @@ DB_NAMES: tuple[bytes, ...] = (
     b"alarm", b"auth", b"authRoles", b"authUsers", b"cluster", b"index", b"key", b"lease",
     b"leaseKeys", b"live", b"members", b"members_removed", b"meta",
 )
-_DUPSORT = frozenset({b"index", b"leaseKeys"})
+DUPSORT_NAMES = frozenset({b"index", b"leaseKeys"})
 # LMDB's fixed page overhead: the two meta pages.
 _META_PAGES = 2
 
@@ -61,7 +61,7 @@ class Backend:
             raise RuntimeError(f"LMDB max key size {self.env.max_key_size()} < 511")
         with self.env.begin(write=True) as txn:
             self.dbs: dict[bytes, Any] = {
-                name: self.env.open_db(name, txn=txn, dupsort=name in _DUPSORT)
+                name: self.env.open_db(name, txn=txn, dupsort=name in DUPSORT_NAMES)
                 for name in DB_NAMES}
         if created:
             # The new file's directory entry must survive a crash too (STYLE.md §6).
@@ -91,6 +91,11 @@ class Backend:
             for db in self.dbs.values():
                 pages += _pages(txn.stat(db))
         return pages * self.env.stat()["psize"]
+
+    def total_entries(self) -> int:
+        """Entries over every database (etcd's snapshot status counts every bucket's keys)."""
+        with self.env.begin() as txn:
+            return sum(txn.stat(db)["entries"] for db in self.dbs.values())
 
     def sync(self) -> None:
         """Flush every committed page, the meta page included (disk thread)."""
@@ -123,15 +128,15 @@ class Backend:
                 for name in DB_NAMES:
                     try:
                         sources[name] = source.open_db(name, txn=src, create=False,
-                                                       dupsort=name in _DUPSORT)
+                                                       dupsort=name in DUPSORT_NAMES)
                     except lmdb.NotFoundError:
                         raise ValueError(f"{path} has no {name.decode()} database") from None
                 with self.env.begin(write=True) as txn:
                     for name, db in self.dbs.items():
                         txn.drop(db, delete=False)
                         items = src.cursor(sources[name]).iternext(keys=True, values=True)
-                        txn.cursor(db).putmulti(items, dupdata=name in _DUPSORT,
-                                                append=name not in _DUPSORT)
+                        txn.cursor(db).putmulti(items, dupdata=name in DUPSORT_NAMES,
+                                                append=name not in DUPSORT_NAMES)
         finally:
             source.close()
         self.sync()

@@ -34,10 +34,11 @@ class SnapshotStatusTests(SynchronousTestCase):
         return path
 
     def test_fields_are_etcdctls(self) -> None:
-        """Revision, the store's hash over every database, entries, size without trailer."""
+        """Revision, the store's Hash, entries over every database, size without trailer."""
         path = self.snapshot_file()
         st = status(path)
         self.assertEqual(st["revision"], 21)
+        self.assertEqual(st["hash"], self.store.hash())      # what Maintenance/Hash says
         self.assertEqual(st["totalSize"], os.path.getsize(path) - 32)
         self.assertGreater(st["totalKey"], 20 * 3)     # records, index and live rows
         self.assertNotEqual(status(self.snapshot_file(puts=21))["hash"], st["hash"])
