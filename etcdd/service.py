@@ -16,12 +16,12 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from etcdd.api.http import build_root, client_site
 from etcdd.api.kv import HeaderFiller, KVService
+from etcdd.api.cluster import ClusterService, supported_for_learner
 from etcdd.api.election import ElectionService
 from etcdd.api.lease import LeaseService
 from etcdd.api.local import LocalClient
@@ -32,7 +32,7 @@ from etcdd.api.mux import ClientPortFactory
 from etcdd.api.router import Router
 from etcdd.api.snapshot import SnapshotService
 from etcdd.config import Config, ConfigError
-from etcdd.mvcc.backend import Backend
+from etcdd.mvcc.backend import DEFAULT_MAP_SIZE, Backend
 from etcdd.mvcc.store import KVStore
 from etcdd.mvcc.watchable import WatchableStore
 from etcdd.server import membership
@@ -41,9 +41,14 @@ from etcdd.server.identity import DataDirError, load_or_create_identity
 from etcdd.server.bootstrap import BootstrapError, RaftState, open_raft
 from etcdd.server.cluster import ClusterState
 from etcdd.server.autocompact import AutoCompactor
-from etcdd.server.errors import NoLeaderError
+from etcdd.server.defrag import Defragmenter
+from etcdd.server.errors import NoLeaderError, NotSupportedForLearnerError
+from etcdd.server.cluster import members_json
+from etcdd.server.reconfig import PROMOTE_CALL, Reconfigurer
+from etcdd.peer.discovery import DiscoveryError, fetch_cluster, match_local
 from etcdd.server.leases import LeaseHost, min_lease_ttl_seconds
-from etcdd.server.member import Identity, Member
+from etcdd.server.member import MAX_PENDING_PROPOSALS, Identity, Member
+from etcdd.server.quota import QuotaGuard, backend_map_bytes
 from etcdd.server.raftloop import RaftLoop
 from etcdd.peer.transport import PeerTransport
 
@@ -118,6 +123,8 @@ class MemberService(MultiService):
         self.watchable: WatchableStore | None = None
         self.leases: LeaseHost | None = None
         self.compactor: AutoCompactor | None = None
+        self.reconfigurer: Reconfigurer | None = None
+        self.defragmenter: Defragmenter | None = None
         self._in_pool: set[Deferred] = set()
         self.exit_status = 0
 
@@ -134,17 +141,17 @@ class MemberService(MultiService):
     def _start(self) -> None:
         c = self.config
         is_new = not (os.path.isdir(c.member_dir) and os.listdir(c.member_dir))
+        joining = is_new and c.initial_cluster_state == "existing"
         if is_new:
             try:
-                c.verify_bootstrap()
+                c.verify_join_existing() if joining else c.verify_bootstrap()
             except ConfigError as e:
                 raise StartupError(str(e)) from None
         members = membership.initial_members(c)
         cluster_id = membership.cluster_id([m.id for m in members])
-        if is_new and c.initial_cluster_state == "existing":
-            # TODO(etcdd): joining a running cluster after MemberAdd (issue 5).
-            raise StartupError("--initial-cluster-state=existing is not supported yet")
         own_id = membership.member_id(c.initial_advertise_peer_urls, c.initial_cluster_token)
+        if joining:
+            members, own_id, cluster_id = self._discover(c)
         snap_dir = c.snap_path
         identity = load_or_create_identity(c.member_dir, name=c.name, member_id=own_id,
                                            cluster_id=cluster_id, token=c.initial_cluster_token)
@@ -154,13 +161,14 @@ class MemberService(MultiService):
             raise StartupError(f"database file ({c.backend_path}) of the backend is missing")
         try:
             os.makedirs(snap_dir, mode=0o700, exist_ok=True)
-            self.backend = Backend(c.backend_path)
+            self.backend = Backend(c.backend_path, map_size=backend_map_bytes(
+                c.quota_bytes, c.max_request_bytes, MAX_PENDING_PROPOSALS, DEFAULT_MAP_SIZE))
         except Exception as e:
             raise StartupError(f"cannot open the backend in {snap_dir}: {e}") from None
         self.store = KVStore(self.backend)
         try:
             self.raft = open_raft(c, identity.member_id, identity.cluster_id, members,
-                                  self.backend, self.store)
+                                  self.backend, self.store, join=joining)
         except BootstrapError as e:
             raise StartupError(str(e)) from None
         self.cluster = ClusterState(self.backend.dbs)
@@ -178,7 +186,11 @@ class MemberService(MultiService):
                              on_fatal=self._fatal,
                              min_lease_ttl_seconds=min_lease_ttl_seconds(
                                  c.election_ticks, c.heartbeat_interval_ms),
-                             on_ready=self._ready)
+                             on_ready=self._ready, on_removed=self._removed)
+        self.defragmenter = Defragmenter(self.backend, self.disk, self._reactor,
+                                         on_fatal=self.member.fatal)
+        self.reconfigurer = Reconfigurer(self.member, self._reactor,
+                                         strict=c.strict_reconfig_check)
         self.watchable = WatchableStore(self.store, self._reactor, self._run_in_pool)
         self.leases = LeaseHost(self.member, self.store, self._reactor,
                                 min_ttl_seconds=min_lease_ttl_seconds(
@@ -206,12 +218,21 @@ class MemberService(MultiService):
                                        max_frame_bytes=max(16 << 20,
                                                            2 * c.max_request_bytes + (1 << 20)))
         self.loop.transport = self.transport
-        self.loop.call_handler = self.leases.handle_call
+        self.loop.call_handler = self._handle_call
+        self.transport.set_membership(
+            is_removed=lambda mid: mid in self.cluster.removed,
+            members_json=lambda: members_json(self.cluster.sorted_members()),
+            on_removed=self.member.removed)
         self.leases.transport = self.transport
         self._listen()
         self.transport.start()
-        for m in (self.cluster.sorted_members() or members):
-            if m.id != identity.member_id:
+        peers = self.cluster.sorted_members() or members
+        if not self.cluster.members and not is_new and c.initial_cluster_state == "existing":
+            # NB: a joined member stopped before it applied any membership: its peers
+            # are the running cluster's, not what the flags' IDs would say.
+            peers = self._discover(c)[0]
+        for m in peers:
+            if m.id != identity.member_id and m.peer_urls:
                 self.transport.add_peer(m.id, m.peer_urls)
         # etcd --initial-election-tick-advance: do not wait a whole election timeout
         # before the first campaign.
@@ -227,6 +248,34 @@ class MemberService(MultiService):
                        mid=identity.member_id, cid=identity.cluster_id)
         tune_gc()
 
+    def _discover(self, c: Config) -> tuple[list[membership.Member], int, int]:
+        """`--initial-cluster-state existing`: the running cluster's members (asked of the
+        other peers of `--initial-cluster`), this member's ID among them and the cluster
+        ID. Raises StartupError."""
+        urls = [u for name, us in c.initial_cluster_urls().items() if name != c.name
+                for u in us]
+        try:
+            remote = fetch_cluster(urls)
+            own_id = match_local(c.initial_cluster_urls(), remote.members, c.name)
+        except DiscoveryError as e:
+            raise StartupError(f"cannot join the cluster: {e}") from None
+        self._log.info("joining cluster {cid:x} as member {mid:x}", cid=remote.cluster_id,
+                       mid=own_id)
+        return list(remote.members), own_id, remote.cluster_id
+
+    def _handle_call(self, from_id: int, method: str, payload: bytes) -> Any:
+        """A peer's call: a forwarded MemberPromote, or a lease renewal or TTL query."""
+        if method == PROMOTE_CALL:
+            return self.reconfigurer.handle_call(from_id, method, payload)
+        return self.leases.handle_call(from_id, method, payload)
+
+    def _removed(self) -> None:
+        """The member was removed from the cluster: stop, exit 0 (as etcd 3.4 does)."""
+        self._log.warn("stopping: the member has been permanently removed from the cluster")
+        self.member.stop()
+        if self._reactor.running:
+            self._reactor.stop()
+
     def _ready(self) -> None:
         """etcd embed: READY=1 once the member has joined the cluster (published its
         attributes through raft), so systemd starts dependants only when it serves."""
@@ -236,14 +285,19 @@ class MemberService(MultiService):
     def _router(self) -> Router:
         router = Router(guard=self._require_leader)
         header = HeaderFiller(self.member, self.store)
-        KVService(self.member, header, self.config.max_txn_ops).register(router)
+        quota = QuotaGuard(self.config.quota_bytes, self.backend.size_bytes,
+                           self.member.alarms, self.member.identity.member_id,
+                           self.member.propose, self._reactor)
+        KVService(self.member, header, self.config.max_txn_ops, quota).register(router)
+        ClusterService(self.reconfigurer, header).register(router)
         MaintenanceService(self.member, self.store, self.backend, header, self.cluster,
-                           run_read=self._run_in_pool).register(router)
+                           run_read=self._run_in_pool, alarms=self.member.alarms,
+                           defragmenter=self.defragmenter).register(router)
         c = self.config
         # etcd 3.4 v3rpc/watch.go: fragments are cut at MaxRequestBytes + grpcOverheadBytes.
         WatchService(self.watchable, header, self._reactor, c.max_request_bytes + 512 * 1024,
                      c.experimental_watch_progress_notify_interval_seconds).register(router)
-        LeaseService(self.leases, header).register(router)
+        LeaseService(self.leases, header, quota).register(router)
         SnapshotService(self.store, c.snap_path, self._reactor,
                         self._run_in_pool).register(router)
         local = LocalClient(self.member, self.watchable, self.leases, header)
@@ -251,16 +305,20 @@ class MemberService(MultiService):
         ElectionService(local).register(router)
         return router
 
-    def _require_leader(self, context: Any) -> None:
-        """etcd 3.4 v3rpc interceptor: a call with `hasleader: true` metadata is refused
-        with `no leader` while this member knows no leader."""
+    def _require_leader(self, context: Any, request: Any) -> None:
+        """etcd 3.4 v3rpc interceptors: a learner answers only Status and serializable
+        Range; a call with `hasleader: true` metadata is refused with `no leader` while
+        this member knows no leader."""
+        if self.member.is_learner and not supported_for_learner(context.path, request):
+            raise NotSupportedForLearnerError()
         if context.metadata.get("hasleader") == "true" and not self.loop.lead:
             raise NoLeaderError()
 
     def _run_in_pool(self, fn: Any, *args: object) -> Deferred:
         """Run a long LMDB scan or bulk file work in the reactor's thread pool; stopping
-        waits for these before the backend is closed."""
-        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
+        waits for these before the backend is closed. Held back while a defrag swaps
+        the backend file (they hold LMDB read transactions)."""
+        d = self.defragmenter.run_in_pool(fn, *args)
         self._in_pool.add(d)
 
         def done(result: Any) -> Any:
@@ -296,8 +354,9 @@ class MemberService(MultiService):
                                f"{e.socketError}") from None
 
     def _healthy(self) -> "bool | Deferred":
-        """etcd /health: false without a leader or when a quorum read through raft fails."""
-        if self.member is None or self.loop is None:
+        """etcd /health: false while any alarm is active (etcd 3.4 etcdhttp checkHealth),
+        without a leader, or when a quorum read through raft fails."""
+        if self.member is None or self.loop is None or self.member.alarms.active:
             return False
         return self.member.check_health()
 
@@ -319,7 +378,7 @@ class MemberService(MultiService):
             self.loop.stop()
         if self.member is not None:
             self.member.stop()
-        for part in (self.watchable, self.leases, self.compactor):
+        for part in (self.watchable, self.leases, self.compactor, self.defragmenter):
             if part is not None:
                 part.stop()
         transport_stopped = self.transport.stop() if self.transport is not None else None

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from etcdd.api.router import CallContext, Router
 from etcdd.proto import rpc_pb2 as pb
 from etcdd.server import validate
+from etcdd.server.quota import NO_QUOTA, QuotaGuard
 
 
 class HeaderFiller:
@@ -63,10 +64,12 @@ def is_read_only(req: Any) -> bool:
 class KVService:
     """Handlers for /etcdserverpb.KV/*."""
 
-    def __init__(self, member: Any, header: HeaderFiller, max_txn_ops: int) -> None:
+    def __init__(self, member: Any, header: HeaderFiller, max_txn_ops: int,
+                 quota: QuotaGuard | None = None) -> None:
         self._member = member
         self._fill = header.fill
         self._max_txn_ops = max_txn_ops
+        self._quota = quota or NO_QUOTA
 
     def register(self, router: Router) -> None:
         router.add_unary("/etcdserverpb.KV/Range", pb.RangeRequest, self.range)
@@ -81,6 +84,10 @@ class KVService:
         return _then(self._member.range(req), self._fill)
 
     def put(self, req: Any, context: CallContext) -> Any:
+        # etcd 3.4 v3rpc/quota.go: the quota is checked before the request is validated
+        refused = self._quota.check_put(req)
+        if refused is not None:
+            return refused
         validate.check_put(req)
         return self._member.propose("put", req).addCallback(self._fill)
 
@@ -89,6 +96,9 @@ class KVService:
         return self._member.propose("delete_range", req).addCallback(self._fill)
 
     def txn(self, req: Any, context: CallContext) -> Any:
+        refused = self._quota.check_txn(req)
+        if refused is not None:
+            return refused
         validate.check_txn(req, self._max_txn_ops)
         validate.check_txn_intervals(req)
         if is_read_only(req):

@@ -16,6 +16,7 @@ from etcdd.api.router import CallContext, IServerStream, IStreamHandler, Router
 from etcdd.api.rpctypes import GrpcError, Status
 from etcdd.proto import rpc_pb2 as pb
 from etcdd.server.errors import LeaseNotFoundError
+from etcdd.server.quota import NO_QUOTA, QuotaGuard
 
 # Renewals in flight per keep-alive stream (a follower's wait on the leader), and leases
 # waiting while the client does not read our answers; past either the stream is ended
@@ -28,9 +29,11 @@ TOO_MANY_RENEWALS = "etcdd: too many keep-alives in flight on this stream"
 class LeaseService:
     """Handlers for /etcdserverpb.Lease/*."""
 
-    def __init__(self, leases: Any, header: HeaderFiller) -> None:
+    def __init__(self, leases: Any, header: HeaderFiller,
+                 quota: QuotaGuard | None = None) -> None:
         self._leases = leases
         self._header = header
+        self._quota = quota or NO_QUOTA
 
     def register(self, router: Router) -> None:
         add = router.add_unary
@@ -42,6 +45,9 @@ class LeaseService:
                           self.keep_alive)
 
     def grant(self, req: Any, context: CallContext) -> Any:
+        refused = self._quota.check_lease_grant(req)      # etcd 3.4 v3rpc/quota.go
+        if refused is not None:
+            return refused
         return self._leases.grant(req).addCallback(self._header.fill)
 
     def revoke(self, req: Any, context: CallContext) -> Any:

@@ -2,7 +2,8 @@
 grpc.health.v1.
 
 Matches etcd 3.4 `etcdserver/api/v3rpc/maintenance.go` and `member.go`: Status, Hash,
-HashKV, MoveLeader, Alarm (no alarms until quotas land, issue 5), MemberList.
+HashKV, MoveLeader, Alarm (through raft, as `v3_server.go` Alarm; its answer carries no
+header, as etcd's), MemberList, Defragment (`server/defrag.py`).
 """
 from __future__ import annotations
 
@@ -13,18 +14,22 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from etcdd.api.kv import HeaderFiller
 from etcdd.api.router import CallContext, Router
 from etcdd.proto import health_pb2, rpc_pb2 as pb
+from etcdd.server.alarms import alarm_text
 from etcdd.version import ETCD_SERVER_VERSION
 
 
 class MaintenanceService:
     def __init__(self, member: Any, store: Any, backend: Any, header: HeaderFiller,
-                 cluster: Any, run_read: Callable[..., Deferred] = maybeDeferred) -> None:
+                 cluster: Any, run_read: Callable[..., Deferred] = maybeDeferred,
+                 alarms: Any = None, defragmenter: Any = None) -> None:
+        self._defragmenter = defragmenter    # server/defrag.py; None: no Defragment
         self._member = member
         self._store = store
         self._backend = backend
         self._header = header
         self._cluster = cluster
         self._run_read = run_read     # long read-only scans: e.g. deferToThread
+        self._alarms = alarms if alarms is not None else member.alarms   # AlarmSet
 
     def register(self, router: Router) -> None:
         add = router.add_unary
@@ -35,6 +40,14 @@ class MaintenanceService:
         add("/etcdserverpb.Maintenance/MoveLeader", pb.MoveLeaderRequest, self.move_leader)
         add("/etcdserverpb.Cluster/MemberList", pb.MemberListRequest, self.member_list)
         add("/grpc.health.v1.Health/Check", health_pb2.HealthCheckRequest, self.health_check)
+        if self._defragmenter is not None:
+            add("/etcdserverpb.Maintenance/Defragment", pb.DefragmentRequest, self.defragment)
+
+    def defragment(self, req: Any, context: CallContext) -> Deferred:
+        """etcd 3.4 `Defragment`: this member only, answered with no header at all; a
+        failure goes back as it is (not in rpctypes' table: Unknown with its text)."""
+        return self._defragmenter.defragment().addCallback(
+            lambda _: pb.DefragmentResponse())
 
     def status(self, req: Any, context: CallContext) -> Any:
         m = self._member
@@ -50,6 +63,7 @@ class MaintenanceService:
         )
         if not m.leader:
             resp.errors.append("etcdserver: no leader")
+        resp.errors.extend(alarm_text(a) for a in self._alarms.get())
         return self._header.fill(resp)
 
     def move_leader(self, req: Any, context: CallContext) -> Any:
@@ -71,8 +85,9 @@ class MaintenanceService:
         return self._run_read(self._store.hash_kv, req.revision).addCallback(answer)
 
     def alarm(self, req: Any, context: CallContext) -> Any:
-        # TODO(etcdd): NOSPACE/CORRUPT alarms with the quota (issue 5).
-        return self._header.fill(pb.AlarmResponse())
+        """etcd 3.4 `Alarm`: GET, ACTIVATE and DEACTIVATE all go through raft and answer
+        what the applier answered (server/alarms.py)."""
+        return self._member.propose("alarm", req)
 
     def member_list(self, req: Any, context: CallContext) -> Any:
         resp = pb.MemberListResponse()

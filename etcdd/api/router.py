@@ -76,9 +76,10 @@ class StreamMethod:
 class Router:
     """Path -> method. Built once at start; looked up per call."""
 
-    def __init__(self, guard: Callable[[CallContext], None] | None = None) -> None:
-        """`guard(context)` runs before every etcd handler (not grpc.health's) and may
-        raise to refuse the call, as etcd's v3rpc interceptors do."""
+    def __init__(self, guard: Callable[[CallContext, Any], None] | None = None) -> None:
+        """`guard(context, request)` runs before every etcd handler (not grpc.health's)
+        and may raise to refuse the call, as etcd's v3rpc interceptors do; `request` is
+        None for a stream."""
         self._methods: dict[str, UnaryMethod | StreamMethod] = {}
         self._guard = guard
 
@@ -89,7 +90,7 @@ class Router:
             return handler
 
         def guarded(*args: Any) -> Any:
-            guard(args[context_at])
+            guard(args[context_at], args[0] if context_at else None)
             return handler(*args)
         return guarded
 

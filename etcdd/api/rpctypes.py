@@ -89,6 +89,28 @@ WIRE_ERRORS: dict[type[BaseException], tuple[Status, str]] = {
     server.TimeoutWaitAppliedIndexError: (
         Status.UNAVAILABLE,
         "etcdserver: request timed out, waiting for the applied index took too long"),
+    server.MemberNotFoundError: (Status.NOT_FOUND, "etcdserver: member not found"),
+    server.MemberExistsError: (Status.FAILED_PRECONDITION, "etcdserver: member ID already exist"),
+    server.PeerURLExistsError: (Status.FAILED_PRECONDITION,
+                                "etcdserver: Peer URLs already exists"),
+    server.MemberBadURLsError: (Status.INVALID_ARGUMENT,
+                                "etcdserver: given member URLs are invalid"),
+    server.MemberNotLearnerError: (Status.FAILED_PRECONDITION,
+                                   "etcdserver: can only promote a learner member"),
+    server.LearnerNotReadyError: (
+        Status.FAILED_PRECONDITION,
+        "etcdserver: can only promote a learner member which is in sync with leader"),
+    server.TooManyLearnersError: (Status.FAILED_PRECONDITION,
+                                  "etcdserver: too many learner members in cluster"),
+    server.NotEnoughStartedMembersError: (
+        Status.FAILED_PRECONDITION,
+        "etcdserver: re-configuration failed due to not enough started members"),
+    server.UnhealthyClusterError: (Status.UNAVAILABLE, "etcdserver: unhealthy cluster"),
+    server.NotSupportedForLearnerError: (Status.UNAVAILABLE,
+                                         "etcdserver: rpc not supported for learner"),
+    server.CorruptError: (Status.DATA_LOSS, "etcdserver: corrupt cluster"),
+    server.MemberRemovedError: (Status.UNAVAILABLE,
+                                "the member has been permanently removed from the cluster"),
 }
 
 

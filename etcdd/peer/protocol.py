@@ -30,6 +30,7 @@ RESOURCE_EXHAUSTED "too many calls in flight").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol as TypingProtocol
 
 from twisted.internet.defer import maybeDeferred
@@ -53,13 +54,16 @@ from etcdd.proto import raft_pb2
 if TYPE_CHECKING:
     from etcdd.peer.transport import IRaftPeerHandler
 
-__all__ = ["ILinkEvents", "MessageStreamClient", "PeerContext", "PeerLimits",
-           "PeerServerProtocol", "SnapshotStreamClient", "STOPPED_REASON",
+__all__ = ["ILinkEvents", "MEMBERS_CALL", "MessageStreamClient", "PeerContext", "PeerLimits",
+           "PeerServerProtocol", "REMOVED_REASON", "SnapshotStreamClient", "STOPPED_REASON",
            "TOO_MANY_CONNECTIONS_REASON", "hello_reply_mismatch", "is_wire_error",
            "remove_if_exists", "snapshot_part_path"]
 
 _ACK_FRAME = encode_frame(FrameKind.ACK)
 STOPPED_REASON = "member stopped"
+# etcd 3.4 rafthttp answers a removed member's streams with 410 Gone and this text
+REMOVED_REASON = "the member has been permanently removed from the cluster"
+MEMBERS_CALL = "members"
 TOO_MANY_CONNECTIONS_REASON = "too many peer connections"
 # a flood of connections is one warning per this many seconds, not one per connection
 TURNED_AWAY_LOG_SECONDS = 10.0
@@ -86,6 +90,10 @@ class PeerContext:
     limits: PeerLimits = PeerLimits()
     turned_away: int = 0            # connections turned away since the last warning
     turned_away_logged_at: float | None = None
+    # Membership, as the member knows it: a removed member is refused; a joining member
+    # may ask for the members (the JSON `members_json()` returns) before it has an ID.
+    is_removed: Callable[[int], bool] = lambda member_id: False
+    members_json: Callable[[], bytes] | None = None
 
 
 def is_wire_error(error: BaseException) -> bool:
@@ -168,6 +176,10 @@ class PeerServerProtocol(FrameProtocol):
 
     def _on_hello(self, payload: bytes) -> None:
         hello, context = decode_hello(payload), self._context
+        if (hello.cluster_id == 0 and hello.from_id == 0 and hello.to_id == 0
+                and hello.stream == StreamKind.CALL and context.members_json is not None):
+            self._start_discovery()
+            return
         if hello.cluster_id != context.cluster_id:
             # etcd 3.4 http.go: "request cluster ID mismatch", logged with both IDs
             self._refuse("cluster ID mismatch",
@@ -181,9 +193,33 @@ class PeerServerProtocol(FrameProtocol):
                          "(got {got:x}, want {want:x})",
                          peer_id=hello.from_id, got=hello.to_id, want=context.local_id)
             return
+        if context.is_removed(hello.from_id):
+            self._refuse(REMOVED_REASON, "refused peer {peer_id:x} from {address}: {reason}",
+                         peer_id=hello.from_id)
+            return
         self._peer_id = hello.from_id
         self.transport.write(encode_hello(hello.reply()))
         self._STREAM_STARTS[hello.stream](self)
+
+    def _start_discovery(self) -> None:
+        """A member joining with `--initial-cluster-state existing` does not know its ID
+        nor the cluster's yet: it says 0 for all three and may only ask for the members
+        (etcd 3.4 serves `GET /members` on the peer port for this)."""
+        context = self._context
+        self.transport.write(encode_hello(Hello(context.cluster_id, context.local_id, 0,
+                                                StreamKind.CALL)))
+        self._cancel_deadline()
+        self._expect("CALL", {FrameKind.CALL: self._on_discovery_call})
+
+    def _on_discovery_call(self, payload: bytes) -> None:
+        call_id, method, _ = decode_call(payload)
+        members_json = self._context.members_json
+        if method != MEMBERS_CALL or members_json is None:
+            self.transport.write(encode_reply_error(
+                call_id, Status.PERMISSION_DENIED,
+                f"only {MEMBERS_CALL!r} may be called before joining"))
+            return
+        self.transport.write(encode_reply(call_id, members_json()))
 
     def _start_messages(self) -> None:
         self._cancel_deadline()     # NB: a quiet message stream is fine (no leader yet)

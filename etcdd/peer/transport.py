@@ -42,7 +42,8 @@ from etcdd.peer.connection import (HELLO_TIMEOUT_SECONDS, MAX_CALLS_IN_FLIGHT,
                                    REFUSED_RETRY_SECONDS, SNAPSHOT_ACK_TIMEOUT_SECONDS,
                                    SNAPSHOT_IDLE_SECONDS, PeerLimits)
 from etcdd.peer.framing import FrameKind, Hello, PeerCallError, StreamKind, frame_header
-from etcdd.peer.protocol import MessageStreamClient, PeerContext, PeerServerProtocol
+from etcdd.peer.protocol import (REMOVED_REASON, MessageStreamClient, PeerContext,
+                                 PeerServerProtocol)
 from etcdd.peer.snapshot import SnapshotStreamClient, remove_if_exists
 from etcdd.proto import raft_pb2
 
@@ -237,6 +238,8 @@ class _PeerLink:
         """Log a refusal once per distinct reason, not on every reconnection, and make
         the next redial wait."""
         self._refused = True
+        if by_peer and reason == REMOVED_REASON:
+            self.owner._on_removed()
         if reason != self._last_refusal:
             self._last_refusal = reason
             self._log.warn("peer {id:x} at {url}: {reason} ({side})", id=self.member_id,
@@ -368,8 +371,18 @@ class PeerTransport:
         self._context = PeerContext(local_id, cluster_id, handler, snapshot_dir,
                                     max_frame_bytes, reactor=reactor, limits=self._limits)
         self._links: dict[int, _PeerLink] = {}
+        self._on_removed: Callable[[], None] = lambda: None
         self._running = False
         self._stopped = False           # stop() was called: the handler hears nothing more
+
+    def set_membership(self, is_removed: Callable[[int], bool],
+                       members_json: Callable[[], bytes],
+                       on_removed: Callable[[], None]) -> None:
+        """Refuse streams from removed members; answer a joining member's `members`
+        call with `members_json()`; call `on_removed` when a peer refuses us as removed."""
+        self._context.is_removed = is_removed
+        self._context.members_json = members_json
+        self._on_removed = on_removed
 
     def server_factory(self) -> Factory:
         """The factory to listen on the peer URLs with."""

@@ -249,6 +249,19 @@ class RawNode:
         snap = self._raft.raft_log.unstable.snapshot
         return snap.metadata.index if snap is not None else 0
 
+    def take_messages(self, types: frozenset[int]) -> list[Message]:
+        """Remove the pending messages of `types` from the next Ready and return them.
+
+        For heartbeats and their responses, which claim nothing that must be persisted
+        first: the shell sends them while its previous Ready is still on the disk (a
+        long backend write, a defrag), so leadership survives a busy disk as in etcd,
+        whose raft loop does not wait for applies."""
+        r = self._raft
+        taken = [m for m in r.msgs if m.type in types]
+        if taken:
+            r.msgs = [m for m in r.msgs if m.type not in types]
+        return taken
+
     def has_ready(self) -> bool:
         """Whether `ready()` would have anything to do."""
         r = self._raft

@@ -4,7 +4,8 @@ Shell (runs once at start, before the reactor serves anyone, so it may block). e
 `etcdserver/server.go NewServer` and `raft.go startNode/restartNode`:
 
 - No WAL: create it with the member's metadata (node and cluster ID), and bootstrap raft
-  with one ConfChangeAddNode entry per `--initial-cluster` member at term 1.
+  with one ConfChangeAddNode entry per `--initial-cluster` member at term 1; a member
+  joining a running cluster (`--initial-cluster-state existing`) starts with nothing.
 - A WAL: pick the newest `.snap` that the WAL also recorded; if the backend is older than
   that snapshot, install the backend that arrived with it (`<index>.snap.db`); replay the
   WAL from the snapshot into the raft storage. Entries the backend already applied are
@@ -48,8 +49,11 @@ def raft_config(config: Any, member_id: int, storage: MemoryStorage) -> RaftConf
 
 
 def open_raft(config: Any, member_id: int, cluster_id: int, members: Sequence[Member],
-              backend: Any, store: Any) -> RaftState:
-    """Create or replay the WAL and build the raft node. Raises BootstrapError."""
+              backend: Any, store: Any, join: bool = False) -> RaftState:
+    """Create or replay the WAL and build the raft node. A new member that `join`s a
+    running cluster starts with an empty log and no configuration: the leader sends it
+    the log (or a snapshot), membership included (etcd 3.4 `startNode` without peers).
+    Raises BootstrapError."""
     wal_dir, snap_dir = config.wal_path, config.snap_path
     os.makedirs(snap_dir, mode=0o700, exist_ok=True)
     snapshotter = Snapshotter(snap_dir)
@@ -61,7 +65,8 @@ def open_raft(config: Any, member_id: int, cluster_id: int, members: Sequence[Me
             raise BootstrapError(f"the backend has applied raft entries up to index "
                                  f"{store.consistent_index()} but the WAL in {wal_dir} "
                                  f"is missing")
-        return _start_new(config, member_id, cluster_id, members, wal_dir, snapshotter)
+        return _start_new(config, member_id, cluster_id, () if join else members, wal_dir,
+                          snapshotter)
     return _restart(config, member_id, cluster_id, wal_dir, snapshotter, backend, store)
 
 
@@ -71,7 +76,8 @@ def _start_new(config: Any, member_id: int, cluster_id: int, members: Sequence[M
     wal = WAL.create(wal_dir, metadata.SerializeToString())
     storage = MemoryStorage()
     node = RawNode(raft_config(config, member_id, storage))
-    node.bootstrap([(m.id, member_json(m)) for m in members])
+    if members:
+        node.bootstrap([(m.id, member_json(m)) for m in members])
     conf_state = raft_pb2.ConfState(voters=sorted(m.id for m in members))
     return RaftState(node, storage, wal, snapshotter, 0, conf_state, True)
 

@@ -9,7 +9,10 @@ term, so after a crash the WAL replay skips what the backend already holds. Entr
     EntryNormal, empty              a new leader's first entry: nothing to apply
     EntryNormal, v2 Request         etcd's publish / cluster version / QGET (`data[0] == 0x08`)
     EntryNormal, InternalRaftRequest   put, delete_range, txn, compaction, lease_grant,
-                                    lease_revoke, lease_checkpoint (header.ID answers)
+                                    lease_revoke, lease_checkpoint, alarm (header.ID answers)
+
+While an alarm is active (server/alarms.py) the writes it refuses answer its error and
+change nothing (etcd 3.4 `applierV3Capped`, `applierV3Corrupt`).
 
 A refused request (mvcc or request errors) is that request's answer; it still takes its
 index. Any other failure aborts the whole transaction and is a durability failure.
@@ -24,6 +27,7 @@ from twisted.logger import Logger
 
 from etcdd.mvcc.errors import MVCCError
 from etcdd.proto import etcdserver_pb2, raft_internal_pb2, raft_pb2, rpc_pb2 as pb
+from etcdd.server.alarms import AlarmSet
 from etcdd.server.apply import Applier
 from etcdd.server.cluster import ClusterState
 from etcdd.lease import backend as lease_store
@@ -33,7 +37,7 @@ from etcdd.server.errors import (LeaseExistsError, LeaseNotFoundError, LeaseTTLT
 
 _V2_TAG = 0x08       # a v2 Request starts with its ID (field 1, varint); v3 never sets it
 _WRITE_KINDS = ("put", "delete_range", "txn", "compaction", "lease_grant", "lease_revoke",
-                "lease_checkpoint")
+                "lease_checkpoint", "alarm")
 
 
 @dataclass(slots=True)
@@ -63,9 +67,14 @@ class EntryApplier:
     _log = Logger()
 
     def __init__(self, store: Any, cluster: ClusterState, applier: Applier,
-                 min_lease_ttl_seconds: int = 1) -> None:
+                 min_lease_ttl_seconds: int = 1, alarms: AlarmSet | None = None) -> None:
         self._store = store
         self._dbs = store.backend.dbs
+        if alarms is None:
+            alarms = AlarmSet(self._dbs)
+            with store.backend.begin_read() as txn:
+                alarms.load(txn)
+        self.alarms = alarms
         self._cluster = cluster
         self._applier = applier
         self._min_lease_ttl = min_lease_ttl_seconds
@@ -78,6 +87,7 @@ class EntryApplier:
             "lease_grant": self._apply_lease_grant,
             "lease_revoke": self._apply_lease_revoke,
             "lease_checkpoint": self._apply_lease_checkpoint,
+            "alarm": self._apply_alarm,
         }
 
     def apply(self, entries: list) -> AppliedBatch:
@@ -90,10 +100,7 @@ class EntryApplier:
         try:
             for e in entries:
                 if e.Type == raft_pb2.EntryConfChange:
-                    cc = raft_pb2.ConfChange.FromString(e.Data)
-                    out.conf_changes.append(cc)
-                    if e.Index > ci:
-                        self._cluster.apply_conf_change(batch.raw_txn, cc)
+                    self._apply_conf_change(batch, e, e.Index > ci, out)
                 elif not e.Data:
                     out.leader_entry = True
                 elif e.Index > ci:
@@ -114,7 +121,24 @@ class EntryApplier:
         self._store.backend.load_from(db_path)
         with self._store.backend.begin_read() as txn:
             self._cluster.load(txn)
+            self.alarms.load(txn)
         self.consistent_index = self._store.consistent_index()
+
+    def _apply_conf_change(self, batch: Any, entry: Any, new: bool, out: AppliedBatch) -> None:
+        """Validate and record a membership change (etcd `applyConfChange`). Raft gets a
+        no-op (node 0) for a refused one, now and when it is replayed after a restart; the
+        proposer hears the refusal, or the members after the change."""
+        cc = raft_pb2.ConfChange.FromString(entry.Data)
+        txn = batch.raw_txn
+        if new:
+            refused = self._cluster.apply_conf_change(txn, cc, entry.Index)
+            out.results.append((cc.id, refused if refused is not None
+                                else self._cluster.sorted_members()))
+        else:
+            refused = self._cluster.was_refused(txn, entry.Index)
+        if refused:
+            cc.node_id = 0
+        out.conf_changes.append(cc)
 
     def _apply_normal(self, batch: Any, data: bytes, out: AppliedBatch) -> None:
         if data[0] == _V2_TAG:
@@ -125,8 +149,13 @@ class EntryApplier:
         ir = raft_internal_pb2.InternalRaftRequest.FromString(data)
         for kind in _WRITE_KINDS:
             if ir.HasField(kind):
+                req = getattr(ir, kind)
                 try:
-                    result = self._apply_kind[kind](batch, getattr(ir, kind), out)
+                    if self.alarms.restricted:
+                        refusal = self.alarms.refusal(kind, req)
+                        if refusal is not None:
+                            raise refusal
+                    result = self._apply_kind[kind](batch, req, out)
                 except (ServerError, MVCCError) as e:
                     result = e
                 if kind == "compaction" and not isinstance(result, BaseException):
@@ -155,6 +184,9 @@ class EntryApplier:
         resp = pb.CompactionResponse()
         resp.header.revision = batch.current_revision()
         return resp
+
+    def _apply_alarm(self, batch: Any, req: Any, out: AppliedBatch) -> Any:
+        return self.alarms.apply(batch.raw_txn, req)
 
     # -- leases (etcd 3.4 apply.go LeaseGrant/LeaseRevoke/LeaseCheckpoint, lessor.go) -----
 

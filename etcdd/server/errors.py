@@ -118,3 +118,60 @@ class MissingLeaderKeyError(ServerError):
 class TimeoutWaitAppliedIndexError(ServerError):
     """The leader did not apply what it had committed within a second (etcd 3.4
     `waitAppliedIndex`, before a lease renewal or TTL query)."""
+
+
+# -- membership (etcd 3.4 etcdserver/api/membership/errors.go, etcdserver/errors.go) ------
+
+class MemberNotFoundError(ServerError):
+    """The member ID is not in the cluster, or was removed (membership `ErrIDNotFound`,
+    `ErrIDRemoved`)."""
+
+
+class MemberExistsError(ServerError):
+    """MemberAdd of an ID the cluster has (membership `ErrIDExists`)."""
+
+
+class PeerURLExistsError(ServerError):
+    """Another member already uses one of the peer URLs (membership `ErrPeerURLexists`)."""
+
+
+class MemberBadURLsError(ServerError):
+    """A peer URL that does not parse (v3rpc `ErrGRPCMemberBadURLs`)."""
+
+
+class MemberNotLearnerError(ServerError):
+    """MemberPromote of a voting member (membership `ErrMemberNotLearner`)."""
+
+
+class LearnerNotReadyError(ServerError):
+    """MemberPromote of a learner whose log is under 90 % of the leader's
+    (etcd `ErrLearnerNotReady`)."""
+
+
+class TooManyLearnersError(ServerError):
+    """MemberAdd of a second learner (membership `ErrTooManyLearners`, maxLearners = 1)."""
+
+
+class NotEnoughStartedMembersError(ServerError):
+    """A change that would leave fewer started voters than a quorum (strict reconfig
+    check, etcd `ErrNotEnoughStartedMembers`)."""
+
+
+class UnhealthyClusterError(ServerError):
+    """A change while this member has not been connected to enough voters for the last
+    5 s (strict reconfig check, etcd `ErrUnhealthy`)."""
+
+
+class NotSupportedForLearnerError(ServerError):
+    """A learner serves only serializable Range and Status (etcd 3.4 v3rpc interceptor)."""
+
+
+class MemberRemovedError(ServerError):
+    """This member was removed from the cluster and stops."""
+
+
+class CorruptError(ServerError):
+    """The CORRUPT alarm is active: the cluster's members disagree on their data."""
+
+    def __init__(self) -> None:
+        super().__init__("etcdserver: corrupt cluster")

@@ -47,6 +47,8 @@ from etcdd.server.wait import AppliedWaiters, IDWaiters
 # etcd 3.4 etcdserver/server.go maxGapBetweenApplyAndCommitIndex
 MAX_PENDING_PROPOSALS = 5000
 CLUSTER_VERSION = "3.4.0"
+# etcd 3.4 stopWithDelay(10 * 100 ms) after applying its own removal
+REMOVED_STOP_DELAY_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +83,9 @@ class Member:
                  client_urls: tuple[str, ...] = (), applied_index: int = 0,
                  on_fatal: Callable[[Failure], None] | None = None,
                  min_lease_ttl_seconds: int = 1,
-                 on_ready: Callable[[], None] | None = None) -> None:
+                 on_ready: Callable[[], None] | None = None,
+                 on_removed: Callable[[], None] | None = None,
+                 alarms: Any = None) -> None:
         self.identity = identity
         self._store = store
         self.cluster = cluster
@@ -93,9 +97,13 @@ class Member:
         self._client_urls = client_urls
         self._on_fatal = on_fatal or (lambda failure: None)
         self._on_ready = on_ready or (lambda: None)
+        self._on_removed = on_removed or (lambda: None)
+        self._removed_seen = False
         self._applier = Applier()
         self._entries = EntryApplier(store, cluster, self._applier,
-                                     min_lease_ttl_seconds=min_lease_ttl_seconds)
+                                     min_lease_ttl_seconds=min_lease_ttl_seconds,
+                                     alarms=alarms)
+        self.alarms = self._entries.alarms     # server/alarms.py AlarmSet
         self.loop: Any = None                       # the RaftLoop, attached by the service
         # Attached by the service (None in tests that need neither): the watchable store
         # (mvcc/watchable.py) and the leases (server/leases.py).
@@ -106,8 +114,9 @@ class Member:
         self._deadlines: deque[tuple[float, int]] = deque()   # (deadline, request ID)
         self._applied = AppliedWaiters(applied_index)
         self._applied_term = store.term()
-        # Proposals raft has not taken yet (request ID -> data), in proposal order.
-        self._pending: dict[int, bytes] = {}
+        # Proposals raft has not taken yet (request ID -> entry data, or a ConfChange), in
+        # proposal order.
+        self._pending: dict[int, bytes | raft_pb2.ConfChange] = {}
         self._flush_call: Any = None
         self._stopped = False
         self._fatal_seen = False
@@ -148,6 +157,10 @@ class Member:
     @property
     def is_leader(self) -> bool:
         return self.loop.is_leader
+
+    @property
+    def request_timeout_seconds(self) -> float:
+        return self._timeout
 
     @property
     def is_learner(self) -> bool:
@@ -223,7 +236,7 @@ class Member:
             return fail(RequestTooLargeError())
         return self._propose_data(request_id, data)
 
-    def _propose_data(self, request_id: int, data: bytes) -> Deferred:
+    def _propose_data(self, request_id: int, data: bytes | raft_pb2.ConfChange) -> Deferred:
         d = self._waiters.register(request_id)
         self._deadlines.append((self._reactor.seconds() + self._timeout, request_id))
         self._pending[request_id] = data
@@ -244,10 +257,19 @@ class Member:
         pending, self._pending = self._pending, {}
         if not pending:
             return
+        datas = {rid: d for rid, d in pending.items() if isinstance(d, bytes)}
         try:
-            self.loop.propose(list(pending.values()))
+            if datas:
+                self.loop.propose(list(datas.values()))
         except ProposalDroppedError as e:
-            for request_id in pending:
+            for request_id in datas:
+                self._waiters.trigger(request_id, errors.ProposalDroppedError(str(e)))
+        for request_id, cc in pending.items():
+            if request_id in datas:
+                continue
+            try:
+                self.loop.propose_conf_change(cc)
+            except ProposalDroppedError as e:
                 self._waiters.trigger(request_id, errors.ProposalDroppedError(str(e)))
 
     def _sweep(self) -> None:
@@ -284,6 +306,16 @@ class Member:
         elif transport is not None and lead and not _active_since(transport, lead, started):
             return errors.TimeoutDueToConnectionLostError()
         return errors.RequestTimeoutError()
+
+    def propose_conf_change(self, cc: raft_pb2.ConfChange) -> Deferred:
+        """Propose a membership change (etcd `configure`); fires with the members after it
+        was applied here, or fails with the reason the cluster refused it, a
+        ProposalDroppedError, or a request timeout (also when the leader turned it into a
+        no-op because another change was pending)."""
+        if self._stopped:
+            return fail(StoppedError())
+        cc.id = self._ids.next()
+        return self._propose_data(cc.id, cc)
 
     def check_health(self) -> "Deferred[bool]":
         """etcd 3.4 /health: a leader is known and a v2 QGET goes through raft (taking an
@@ -406,15 +438,28 @@ class Member:
         self._maybe_set_version()
 
     def conf_changed(self, conf_state: Any) -> None:
+        me = self.identity.member_id
+        if me in self.cluster.removed:
+            self.removed()
+            return
         transport = self.loop.transport
         if transport is None:
             return
-        me = self.identity.member_id
         for member in self.cluster.sorted_members():
-            if member.id != me:
+            if member.id != me and member.peer_urls:
                 transport.add_peer(member.id, member.peer_urls)
         for mid in self.cluster.removed:
             transport.remove_peer(mid)
+
+    def removed(self) -> None:
+        """This member is out of the cluster (its removal applied here, or a peer refused
+        it as removed): stop serving after a second, as etcd 3.4 does, so the commit of
+        the removal reaches the others first; then tell the service (once)."""
+        if self._removed_seen:
+            return
+        self._removed_seen = True
+        self._log.warn("the member has been permanently removed from the cluster")
+        self._reactor.callLater(REMOVED_STOP_DELAY_SECONDS, self._on_removed)
 
     def snapshot_installed(self, snapshot: raft_pb2.Snapshot) -> None:
         index = snapshot.metadata.index

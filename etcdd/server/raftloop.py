@@ -56,6 +56,9 @@ class IRaftHost(Protocol):
     def conf_changed(self, conf_state: Any) -> None: ...
 
 
+_HEARTBEATS = frozenset((raft_pb2.MsgHeartbeat, raft_pb2.MsgHeartbeatResp))
+
+
 @implementer(IRaftPeerHandler)
 class RaftLoop:
     """Invariants: at most one Ready is between `ready()` and `advance()`; the disk thread
@@ -132,7 +135,16 @@ class RaftLoop:
 
     def _tick(self) -> None:
         self.node.tick()
+        self._send_heartbeats_if_busy()
         self.schedule()
+
+    def _send_heartbeats_if_busy(self) -> None:
+        """While a Ready is on the disk thread (which a defrag can hold for seconds),
+        heartbeats and their answers still go out: they need nothing persisted."""
+        if self._busy and not self._stopped:
+            urgent = self.node.take_messages(_HEARTBEATS)
+            if urgent:
+                self._send(urgent)
 
     def propose(self, datas: list[bytes]) -> None:
         """Propose entries as one MsgProp. Raises ProposalDroppedError (no leader, leader
@@ -140,6 +152,11 @@ class RaftLoop:
         m = raft_pb2.Message(type=raft_pb2.MsgProp, **{"from": self.node.id})
         m.entries.extend(raft_pb2.Entry(Data=d) for d in datas)
         self.node.step(m)
+        self.schedule()
+
+    def propose_conf_change(self, cc: raft_pb2.ConfChange) -> None:
+        """Propose a membership change. Raises ProposalDroppedError."""
+        self.node.propose_conf_change(cc)
         self.schedule()
 
     def read_index(self, ctx: bytes) -> None:
@@ -166,6 +183,8 @@ class RaftLoop:
             return
         try:
             self.node.step(message)
+            if message.type == raft_pb2.MsgHeartbeat:
+                self._send_heartbeats_if_busy()
         except (StepPeerNotFoundError, StepLocalMsgError, ProposalDroppedError) as e:
             self._log.debug("ignored a message from {peer:x}: {error}",
                             peer=getattr(message, "from"), error=e)

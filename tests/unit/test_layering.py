@@ -35,6 +35,8 @@ CORES = (
     "etcdd/peer/framing.py",
     "etcdd/api/concurrency.py",
     "etcdd/server/compactor.py",
+    "etcdd/server/alarms.py",
+    "etcdd/server/quota.py",
 )
 CORE_DIRS = ("etcdd/raft",)
 

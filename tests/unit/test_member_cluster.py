@@ -140,6 +140,26 @@ class ReplicationTests(ClusterTestCase):
         self.assertGreater(slow.wal.syncs, 0)
 
 
+    def test_leader_keeps_leading_while_its_disk_is_held(self) -> None:
+        """A leader whose disk thread is held for five election timeouts (a defrag holds
+        it so) still heartbeats, so nobody campaigns; the write waiting for its disk
+        commits once the disk is free, in the same term."""
+        c = self.start(disks=[QueuedExecutor() for _ in range(3)])
+        lead = c.leader()
+        assert lead is not None
+        term = lead.loop.node.term
+        lead.disk.held = True
+        d = lead.member.propose("put", put(b"k"))
+        c.advance(5.0)
+        self.assertNoResult(d)
+        self.assertIs(c.leader(), lead)
+        self.assertEqual({m.loop.node.term for m in c.members}, {term})
+        lead.disk.held = False
+        c.settle()
+        self.assertEqual(self.successResultOf(d).header.revision, 2)
+        self.assertEqual(lead.loop.node.term, term)
+
+
 class FailureTests(ClusterTestCase):
 
     def test_isolated_leader_is_replaced_and_catches_up_after_healing(self) -> None:

@@ -15,8 +15,10 @@ class RouterGuardTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.has_leader = False
+        self.guarded: list[Any] = []
 
-        def require_leader(context: CallContext) -> None:
+        def require_leader(context: CallContext, request: Any) -> None:
+            self.guarded.append(request)
             if context.metadata.get("hasleader") == "true" and not self.has_leader:
                 raise NoLeaderError()
         self.router = Router(guard=require_leader)
@@ -50,6 +52,13 @@ class RouterGuardTests(SynchronousTestCase):
                           {"hasleader": "true"})
         self.assertEqual(self.call("/grpc.health.v1.Health/Check", {"hasleader": "true"}),
                          "serving")
+
+    def test_guard_sees_the_request_of_a_unary_call(self) -> None:
+        """The guard gets a unary call's request (learners refuse by request) and None
+        for a stream."""
+        self.call("/etcdserverpb.KV/Range", {})
+        self.call("/etcdserverpb.Watch/Watch", {})
+        self.assertEqual(self.guarded, [pb.RangeRequest(key=b"k"), None])
 
     def test_no_guard_leaves_handlers_unwrapped(self) -> None:
         """Without a guard the registered handler is the one looked up."""
