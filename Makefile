@@ -9,7 +9,7 @@ RUN_FLAGS := --name default --data-dir default.etcd \
 	--listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
 	--initial-cluster default=http://127.0.0.1:2380
 
-.PHONY: run test venv proto bench bench-watch clean
+.PHONY: run test venv proto bench bench-watch bench-maint clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench: $(STAMP)
 bench-watch: $(STAMP)
 	$(PY) -m ops.watch_bench --compare; status=$$?; \
 	$(PY) -m ops.unread_watch_bench && exit $$status
+
+# make bench-maint: issue 5's snapshot save/restore and defrag of 1 GB, etcdd vs etcd 3.4.
+MAINT_ARGS ?= --size-mb 1024
+
+bench-maint: $(STAMP)
+	$(PY) -m ops.maint_bench $(MAINT_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp

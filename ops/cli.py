@@ -13,9 +13,14 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("ops.bench", "benchmark etcd v3 KV over gRPC (etcdd or etcd)"),
     "restart-bench": ("ops.restart_bench", "time to first answer after a restart with N keys"),
-    "cluster": ("ops.cluster", "cluster up: a local N-member cluster until Ctrl-C"),
+    "cluster": ("ops.cluster", "cluster up [--detach] | status | down: a local N-member cluster"),
     "failover": ("ops.failover", "leader failover time (kill -9 to first write), N trials"),
-    "snapshot": ("ops.snapshot", "snapshot save FILE / snapshot status FILE"),
+    "snapshot": ("ops.snapshot", "snapshot save|status|restore FILE, as etcdctl's"),
+    "backup": ("ops.backup", "a consistent offline copy of a stopped member's data dir"),
+    "defrag": ("ops.defrag", "defragment members (sizes, write hold) or a stopped --data-dir"),
+    "member": ("ops.member", "member add|remove|update|promote|list, as etcdctl's"),
+    "maint-bench": ("ops.maint_bench", "snapshot save/restore, defrag of 1 GB: etcdd vs etcd"),
+    "status": ("ops.status", "one table of every member: leader, term, revision, DB, health"),
 }
 
 

@@ -5,7 +5,9 @@
 member in its own data dir under one base dir, stdout and stderr to ``<base>/<name>.log``.
 It is the test harness of the multi-member integration tests and the body of
 ``etcdd-ops cluster up [--size 3] [--base-dir D] [--etcd] [--keep] [-- extra etcd flags]``,
-which runs a cluster in the foreground, prints its endpoints and stops it on Ctrl-C.
+which runs a cluster in the foreground, prints its endpoints and stops it on Ctrl-C;
+``cluster up --detach``, ``cluster status`` and ``cluster down`` (a cluster that outlives
+the command) are `ops.clusterctl`.
 
 Every process it starts is reaped (`kill`, `cleanup`); members run in their own session,
 so a Ctrl-C at the terminal reaches only this process, which then stops them. Member IDs
@@ -308,14 +310,25 @@ class LocalCluster:
         for member in self.members:
             member.argv = [*program, *member.argv[member.argv.index("--name"):]]
 
+    def set_flag(self, flag: str, value: str) -> None:
+        """Give every member ``flag value`` from its next start on (replacing the value if
+        its command line has the flag), e.g. the new ``--initial-cluster-token`` of data
+        dirs restored from a snapshot."""
+        for member in self.members:
+            if flag in member.argv:
+                member.argv[member.argv.index(flag) + 1] = value
+            else:
+                member.argv += [flag, value]
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="etcdd-ops cluster",
         description="Run a local N-member cluster on 127.0.0.1 in the foreground; Ctrl-C "
-                    "stops it. Flags after '--' go to every member (e.g. --snapshot-count).")
+                    "stops it (or 'up --detach', then 'status' and 'down'). Flags after "
+                    "'--' go to every member (e.g. --snapshot-count).")
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start a cluster and wait for Ctrl-C")
+    up = sub.add_parser("up", help="start a cluster and wait for Ctrl-C (or --detach)")
     up.add_argument("--size", type=int, default=3, help="number of members (default 3)")
     up.add_argument("--base-dir", default=None,
                     help="where the data dirs and logs go (default: a new temp dir)")
@@ -326,6 +339,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=float, default=60.0,
                     help="seconds to wait for every member to be healthy")
     up.add_argument("extra", nargs="*", help="flags passed to every member (after '--')")
+    from ops import clusterctl
+    clusterctl.add_commands(sub, up)
     return parser
 
 
@@ -351,6 +366,9 @@ def _serve(cluster: LocalCluster) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``etcdd-ops cluster up``: start, print the endpoints, stop every member on Ctrl-C."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command != "up" or args.detach:
+        from ops import clusterctl
+        return clusterctl.run(args)
     unwind_on_signals()
     cluster = LocalCluster(args.size, args.base_dir, args.etcd, args.extra, args.token)
     try:
