@@ -6,6 +6,16 @@ setup(
     description="etcd v3 compatible key-value store on Twisted",
     packages=find_packages(include=["etcdd", "etcdd.*", "ops", "ops.*"]) + ["twisted.plugins"],
     package_data={"etcdd.proto": ["*.proto"]},
+    # Relative to the install prefix. Man pages go where man(1) looks for a prefix on
+    # PATH (/usr/local/share/man, <venv>/share/man). The systemd units are examples
+    # to copy (their User= and ExecStart= need the admin's eye), so they go with the
+    # docs rather than into <prefix>/lib/systemd/system, which only some prefixes are.
+    data_files=[
+        ("share/man/man8", ["man/etcdd.8", "man/etcdd-ops.8"]),
+        ("share/doc/etcdd/systemd", ["systemd/etcdd.service", "systemd/etcdd@.service",
+                                     "systemd/etcdd.env.example",
+                                     "systemd/etcdd-instance.env.example"]),
+    ],
     python_requires=">=3.11",
     install_requires=[
         "twisted[http2,tls]>=24.3",

@@ -99,7 +99,7 @@ class Config:
     auto_compaction_retention: str = "0"
     auto_compaction_mode: str = "periodic"
     proxy: str = "off"
-    # security (kept for the TLS work; the service refuses https until then)
+    # security (kept for the TLS work; https:// URLs are refused until then)
     cert_file: str = ""
     key_file: str = ""
     client_cert_auth: bool = False
@@ -357,6 +357,12 @@ def _check_unsupported(c: Config) -> None:
     for url in c.listen_peer_urls + c.listen_client_urls + c.listen_metrics_urls:
         if url.startswith(("unix:", "unixs:")):
             raise ConfigError(f"unix socket URLs are not supported by etcdd ({url})")
+        if url.startswith("https:"):
+            # NB: never serve plaintext on a URL that promises TLS.
+            raise ConfigError(f"TLS (https:// URLs) is not supported by etcdd yet ({url})")
+    if c.force_new_cluster:
+        raise ConfigError("--force-new-cluster is not supported by etcdd; restore a snapshot "
+                          "with 'etcdd-ops snapshot restore' instead")
 
 
 _CHECKS = (_check_logging, _check_bind_urls, _check_host_urls, _check_bootstrap_flags,

@@ -2,7 +2,7 @@
 once it has joined its cluster (etcd's ReadyNotify), and STOPPING=1 when it stops.
 
 The real etcd 3.4 sends READY=1 at the same point (`embed` waits for ReadyNotify), so the
-first test also runs with ``ETCDD_CLUSTER_IMPL=etcd``.
+tests also run with ``ETCDD_CLUSTER_IMPL=etcd`` (which sends no STOPPING=1).
 """
 from __future__ import annotations
 
@@ -17,13 +17,19 @@ from tests.integration.cluster import REAL_ETCD, ClusterTestCase
 
 
 class NotifySocket:
-    """A NOTIFY_SOCKET the test reads, as systemd would."""
+    """A NOTIFY_SOCKET the test reads, as systemd would: a file, or with `abstract` a
+    name in Linux's abstract namespace (NOTIFY_SOCKET=@name)."""
 
-    def __init__(self, case: unittest.TestCase) -> None:
-        self.path = os.path.join(tempfile.mkdtemp(prefix="etcdd-notify-"), "notify")
+    def __init__(self, case: unittest.TestCase, abstract: bool = False) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
         case.addCleanup(self.sock.close)
+        if abstract:
+            name = f"etcdd-notify-{os.getpid()}-{id(self):x}"
+            self.sock.bind("\0" + name)
+            self.path = "@" + name
+        else:
+            self.path = os.path.join(tempfile.mkdtemp(prefix="etcdd-notify-"), "notify")
+            self.sock.bind(self.path)
 
     def receive(self, timeout: float) -> bytes | None:
         self.sock.settimeout(timeout)
@@ -58,3 +64,28 @@ class ReadyAfterQuorumTests(ClusterTestCase):
             return          # etcd 3.4 sends no STOPPING=1
         self.cluster.stop(a)
         self.assertEqual(notify.receive(30.0), b"STOPPING=1")
+
+
+class ReadyOnceTests(ClusterTestCase):
+    """A one-member cluster told to notify an abstract socket (NOTIFY_SOCKET=@name)."""
+    size = 1
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.cluster.kill(self.cluster.members[0], signal.SIGKILL)
+
+    def test_ready_once_then_stopping(self) -> None:
+        """A lone member sends READY=1 exactly once, serves a write as soon as it has, and
+        on SIGTERM sends STOPPING=1 and exits 0."""
+        (a,) = self.cluster.members
+        notify = NotifySocket(self, abstract=True)
+        with mock.patch.dict(os.environ, {"NOTIFY_SOCKET": notify.path}):
+            self.cluster.start_member(a, wait=False)
+        self.assertEqual(notify.receive(60.0), b"READY=1")
+        self.ctl_ok("put", "ready", "yes", on=a)
+        self.assertIsNone(notify.receive(1.0))      # nothing more while it serves
+        if REAL_ETCD:
+            return          # etcd 3.4 sends no STOPPING=1 and dies by the re-raised signal
+        self.assertEqual(self.cluster.stop(a), 0)
+        self.assertEqual(notify.receive(5.0), b"STOPPING=1")
+        self.assertIsNone(notify.receive(0.5))

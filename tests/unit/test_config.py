@@ -66,12 +66,12 @@ class DefaultsTests(SynchronousTestCase):
 
     def test_listen_addresses(self) -> None:
         """Listen URLs become (scheme, host, port); IPv6 hosts lose their brackets."""
-        c = parse("--listen-client-urls", "http://127.0.0.1:2379,https://[::1]:2479",
+        c = parse("--listen-client-urls", "http://127.0.0.1:2379,http://[::1]:2479",
                   "--advertise-client-urls", "http://127.0.0.1:2379",
                   "--listen-peer-urls", "http://0.0.0.0:2380")
         self.assertEqual(c.client_listen_addresses,
                          (ListenAddress("http", "127.0.0.1", 2379),
-                          ListenAddress("https", "::1", 2479)))
+                          ListenAddress("http", "::1", 2479)))
         self.assertEqual(c.peer_listen_addresses, (ListenAddress("http", "0.0.0.0", 2380),))
         self.assertEqual(c.metrics_listen_addresses, ())
 
@@ -95,12 +95,12 @@ class FlagSyntaxTests(SynchronousTestCase):
 
     def test_booleans(self) -> None:
         """A boolean is ``--f`` or ``--f=<Go bool>``; it never takes the next argument."""
-        self.assertTrue(parse("--force-new-cluster").force_new_cluster)
-        self.assertTrue(parse("--force-new-cluster=true").force_new_cluster)
+        self.assertTrue(parse("--enable-pprof").enable_pprof)
+        self.assertTrue(parse("--enable-pprof=true").enable_pprof)
         self.assertFalse(parse("--pre-vote=false").pre_vote)
         self.assertFalse(parse("--strict-reconfig-check=0").strict_reconfig_check)
         self.assertTrue(parse("--enable-v2=T").enable_v2)
-        e = self.assertRaises(ConfigError, parse, "--force-new-cluster", "true")
+        e = self.assertRaises(ConfigError, parse, "--enable-pprof", "true")
         self.assertEqual(str(e), "'true' is not a valid flag")
 
     def test_integers_like_go(self) -> None:
@@ -323,12 +323,15 @@ class ValidationTests(SynchronousTestCase):
         self.assertInvalid(["--listen-peer-urls", "unix://localhost:1"],
                            "unix socket URLs are not supported by etcdd (unix://localhost:1)")
 
-    def test_https_accepted(self) -> None:
-        """https URLs parse (the service refuses them until TLS lands)."""
-        c = parse("--listen-client-urls", "https://127.0.0.1:2379",
-                  "--advertise-client-urls", "https://127.0.0.1:2379", "--cert-file", "c.pem")
-        self.assertEqual(c.client_listen_addresses, (ListenAddress("https", "127.0.0.1", 2379),))
-        self.assertEqual(c.cert_file, "c.pem")
+    def test_https_refused_until_tls_exists(self) -> None:
+        """An https URL is refused rather than served as plaintext; so is
+        --force-new-cluster, which etcdd does not implement."""
+        e = self.assertRaises(ConfigError, parse, "--listen-client-urls",
+                              "https://127.0.0.1:2379", "--advertise-client-urls",
+                              "https://127.0.0.1:2379", "--cert-file", "c.pem")
+        self.assertIn("TLS (https:// URLs) is not supported by etcdd yet", str(e))
+        e = self.assertRaises(ConfigError, parse, "--force-new-cluster")
+        self.assertIn("--force-new-cluster is not supported", str(e))
 
 
 class NameAndClusterTests(SynchronousTestCase):
